@@ -1,0 +1,84 @@
+"""`alexnet verify` and `alexnet stats`."""
+import json
+import sys
+
+import click
+
+from alexnet_cli import UserError
+
+
+def _load(out):
+    from shards.manifest import Manifest, ManifestError
+
+    try:
+        return Manifest.load(out)
+    except ManifestError as e:
+        raise UserError(str(e)) from None
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes (default: all cores).")
+def verify(out, workers):
+    """Check every shard named in OUT's manifest, sample by sample.
+
+    Checks presence, sha256, sample counts, the three members of each sample, that every JPEG
+    decodes to 256x256 RGB, that `cls` agrees with `json`, and that each `.idx` entry points at
+    the right bytes. Exit 0 with a one-line summary, or name each problem and exit 1.
+
+    \b
+    Example:
+      alexnet verify /data/shards
+    """
+    from shards.verify import verify as run_verify
+
+    _load(out)  # a clear one-line error for a missing or malformed manifest
+
+    def progress(done, total):
+        click.echo(f"\rverify: {done}/{total} shards", nl=done == total, err=True)
+
+    problems, summary = run_verify(out, workers=workers, progress=progress if sys.stderr.isatty() else None)
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    if problems:
+        for p in problems:
+            click.echo(str(p))
+        click.echo(f"verify: {len(problems)} problem(s) in {out} ({summary['shards']} shards, {splits})", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {out}: {summary['shards']} shards, {summary['samples']} samples ({splits}), all checks passed")
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
+def stats(out, as_json):
+    """Print the training-pixel statistics of OUT (values in [0,1]).
+
+    Mean, std, eigenvalues and eigenvectors (columns) of the RGB covariance, used by the PCA
+    lighting of paper Section 4.1.
+
+    \b
+    Example:
+      alexnet stats /data/shards
+      alexnet stats /data/shards --json | jq .eigval
+    """
+    m = _load(out)
+    if m.stats is None:
+        raise UserError(f"{out}: has no training split, so no statistics")
+    s = m.stats
+    if as_json:
+        keys = ("pixels", "images", "mean", "std", "cov", "eigval", "eigvec", "mean_image")
+        click.echo(json.dumps({k: getattr(s, k) for k in keys}))
+        return
+
+    def row(v):
+        return "  ".join(f"{x:+.6f}" for x in v)
+
+    click.echo(f"statistics of {out} ({s.images:,} training images, {s.pixels:,} pixels; values in [0,1])")
+    click.echo(f"             {'R':>9}  {'G':>9}  {'B':>9}")
+    click.echo(f"mean         {row(s.mean)}")
+    click.echo(f"std          {row(s.std)}")
+    click.echo(f"eigenvalues  {row(s.eigval)}   (descending)")
+    for i, r in enumerate(s.eigvec):
+        label = "eigenvectors" if i == 0 else ""
+        click.echo(f"{label:<12} {row(r)}   ({'RGB'[i]} component of each column)")
+    click.echo(f"mean image   {s.mean_image} (256x256x3 float32)")

@@ -1,0 +1,171 @@
+"""Write one WebDataset tar shard and its DALI index in a single pass.
+
+The index (`.idx`, the format of DALI's `wds2idx`, version v1.2) is built from the real byte
+offsets of the members as they are written: one line `v1.2 N`, then per sample
+`ext offset size name` for each member, offsets pointing at the data (after the 512-byte header).
+Both files are written under temporary names and renamed when complete: the `.idx` first, then
+the `.tar`, so a `.tar` on disk with its final name is always a complete shard.
+"""
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+INDEX_VERSION = "v1.2"
+MEMBER_EXTS = ("jpg", "cls", "json")  # the three members of every sample, in tar order
+
+
+def shard_stem(split: str, number: int) -> str:
+    """`train-000042`: the shared stem of a shard's `.tar` and `.idx`."""
+    return f"{split}-{number:06d}"
+
+
+def sample_key(split: str, position: int) -> str:
+    """A dot-free key that sorts in write order, e.g. `train_00001234`."""
+    return f"{split}_{position:08d}"
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes (sha256) and counts every byte passing through."""
+
+    def __init__(self, path):
+        self._f = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+        self.position = 0
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self._f.write(b)
+        self.sha256.update(b)
+        self.position += len(b)
+        return len(b)
+
+    def tell(self):
+        return self.position
+
+    def close(self):
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        super().close()
+
+
+class ShardWriter:
+    """Writes samples (`KEY.jpg`, `KEY.cls`, `KEY.json`) to `DIR/STEM.tar` plus `DIR/STEM.idx`.
+
+    Byte-deterministic: fixed mtime, owner and mode, so the same samples give the same bytes.
+
+    >>> with ShardWriter("out", "train-000000") as w:
+    ...     w.write("train_00000000", jpeg_bytes, 3, {"src": "train/n01/x.JPEG"})
+    >>> w.info  # ShardInfo(tar="train-000000.tar", index="train-000000.idx", samples=1, sha256=...)
+    """
+
+    def __init__(self, directory, stem):
+        self.directory = str(directory)
+        self.stem = stem
+        self.tar_path = os.path.join(self.directory, stem + ".tar")
+        self.idx_path = os.path.join(self.directory, stem + ".idx")
+        self._tmp_tar = self.tar_path + ".tmp"
+        self._file = _HashingFile(self._tmp_tar)
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._index_lines = []
+        self.samples = 0
+        self.info = None
+
+    def write(self, key: str, jpeg: bytes, label: int, meta: dict) -> None:
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        meta = dict(meta, label=int(label))
+        payloads = (jpeg, str(int(label)).encode(), json.dumps(meta, sort_keys=True).encode())
+        fields = []
+        for ext, data in zip(MEMBER_EXTS, payloads):
+            name = f"{key}.{ext}"
+            offset = self._add(name, data)
+            fields.append(f"{ext} {offset} {len(data)} {name}")
+        self._index_lines.append(" ".join(fields))
+        self.samples += 1
+
+    def _add(self, name: str, data: bytes) -> int:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
+        offset = self._tar.offset + len(header)  # data starts right after the header blocks
+        self._tar.addfile(info, io.BytesIO(data))
+        return offset
+
+    def close(self):
+        """Finish both files and move them to their final names; returns the ShardInfo."""
+        from shards.manifest import ShardInfo
+
+        if self.info is not None:
+            return self.info
+        if self.samples == 0:
+            self.abort()
+            raise ValueError(f"shard {self.stem} has no samples")
+        self._tar.close()
+        self._file.close()
+        tmp_idx = self.idx_path + ".tmp"
+        with open(tmp_idx, "w") as f:
+            f.write(f"{INDEX_VERSION} {self.samples}\n")
+            f.write("\n".join(self._index_lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_idx, self.idx_path)
+        os.replace(self._tmp_tar, self.tar_path)
+        self.info = ShardInfo(
+            tar=os.path.basename(self.tar_path),
+            index=os.path.basename(self.idx_path),
+            samples=self.samples,
+            sha256=self._file.sha256.hexdigest(),
+        )
+        return self.info
+
+    def abort(self):
+        """Drop the unfinished shard."""
+        try:
+            self._tar.close()
+        except Exception:
+            pass
+        self._file.close()
+        for p in (self._tmp_tar, self.idx_path + ".tmp"):
+            if os.path.exists(p):
+                os.remove(p)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def read_index(path):
+    """Parse a DALI `.idx` file: a list of samples, each a list of (ext, offset, size, name)."""
+    with open(path) as f:
+        head = f.readline().split()
+        if len(head) != 2 or head[0] != INDEX_VERSION:
+            raise ValueError(f"{path}: not a DALI {INDEX_VERSION} index (first line {' '.join(head)!r})")
+        samples = []
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) % 4:
+                raise ValueError(f"{path}: malformed line {line.strip()!r}")
+            samples.append(
+                [(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)]
+            )
+    if int(head[1]) != len(samples):
+        raise ValueError(f"{path}: header says {head[1]} samples, found {len(samples)}")
+    return samples
