@@ -1,0 +1,1 @@
+"""Turning an ImageNet folder into shards: decoding, resizing, statistics."""
