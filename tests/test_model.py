@@ -1,0 +1,255 @@
+"""The two-column AlexNet: sizes (Section 3.5), parameter count, column wiring, init (Section 5)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from train.model import AlexNet, count_parameters
+from train.optim import PaperSGD, param_groups
+
+# Parameters from the paper's layer shapes (Section 3.5, Figure 2), weights + biases, at width 1.
+# The columns' halves add up to these whole-layer counts.
+PAPER_PARAMETERS = (
+    11 * 11 * 3 * 96 + 96            # conv1: 96 kernels 11x11x3                 =     34,944
+    + 5 * 5 * 48 * 256 + 256         # conv2: 256 kernels 5x5x48 (own column)    =    307,456
+    + 3 * 3 * 256 * 384 + 384        # conv3: 384 kernels 3x3x256 (both columns) =    885,120
+    + 3 * 3 * 192 * 384 + 384        # conv4: 384 kernels 3x3x192 (own column)   =    663,936
+    + 3 * 3 * 192 * 256 + 256        # conv5: 256 kernels 3x3x192 (own column)   =    442,624
+    + 6 * 6 * 256 * 4096 + 4096      # fc6: 4096 units on the 6x6x256 pool       = 37,752,832
+    + 4096 * 4096 + 4096             # fc7                                       = 16,781,312
+    + 4096 * 1000 + 1000             # fc8                                       =  4,097,000
+)
+
+
+@pytest.fixture(scope="module")
+def full_model():
+    torch.manual_seed(0)
+    return AlexNet().eval()
+
+
+def images(n, seed=0, scale=1.0):
+    return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def record_outputs(model, names):
+    """Forward hooks keeping the output of the named submodules."""
+    seen = {}
+    for name in names:
+        model.get_submodule(name).register_forward_hook(
+            lambda mod, inp, out, name=name: seen.__setitem__(name, out.detach().clone()))
+    return seen
+
+
+def test_parameter_count_width_1(full_model):
+    assert PAPER_PARAMETERS == 60_965_224      # "60 million parameters" (Section 4)
+    assert count_parameters(full_model) == PAPER_PARAMETERS
+
+
+def test_sizes_at_width_1(full_model):
+    """conv1 gives 55x55x96 = 290,400 neurons; pools give 27, 13 and 6 (Figure 2)."""
+    sizes, pools = {}, []
+
+    def keep(key):
+        return lambda module, inputs, output: sizes.__setitem__(key, tuple(output.shape))
+
+    handles = [full_model.columns[c].get_submodule(layer).register_forward_hook(keep(f"{layer}.{c}"))
+               for c in (0, 1) for layer in ("conv1", "conv5")]
+    handles.append(full_model.columns[0].pool.register_forward_hook(
+        lambda module, inputs, output: pools.append(output.shape[-1])))
+    with torch.no_grad():
+        logits, features = full_model(images(1), return_features=True)
+    for handle in handles:
+        handle.remove()
+    assert sizes["conv1.0"] == sizes["conv1.1"] == (1, 48, 55, 55)
+    assert 2 * math.prod(sizes["conv1.0"][1:]) == 55 * 55 * 96 == 290_400
+    assert sizes["conv5.0"] == (1, 128, 13, 13)
+    assert pools == [27, 13, 6]
+    assert logits.shape == (1, 1000) and features.shape == (1, 4096)
+    assert full_model.conv1_weight().shape == (96, 3, 11, 11)
+
+
+def test_output_shapes_and_features():
+    model = AlexNet(num_classes=10, width=0.125).eval()
+    with torch.no_grad():
+        logits = model(images(2))
+        logits2, features = model(images(2), return_features=True)
+    assert logits.shape == (2, 10)
+    assert torch.equal(logits, logits2)
+    assert features.shape == (2, 2 * 256)          # fc7: 4096 * 0.125, both columns
+    assert (features >= 0).all()                   # after ReLU
+    assert model.config == dict(num_classes=10, width=0.125, init="paper")
+
+
+@pytest.mark.parametrize("width", [0.5, 0.25, 0.125, 0.01])
+def test_width_scales_every_layer_with_equal_halves(width):
+    model = AlexNet(num_classes=7, width=width)
+    a, b = model.columns
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        wa, wb = getattr(a, name).weight, getattr(b, name).weight
+        assert wa.shape == wb.shape and wa.shape[0] >= 1
+    assert a.conv1.out_channels == max(1, round(96 * width / 2))
+    assert a.fc7.out_features == max(1, round(4096 * width / 2))
+    assert model.fc8.in_features == 2 * a.fc7.out_features and model.fc8.out_features == 7
+
+
+def test_conv1_weight_is_column_1_then_column_2():
+    model = AlexNet(width=0.25)
+    w = model.conv1_weight()
+    assert w.shape == (24, 3, 11, 11)
+    assert torch.equal(w[:12], model.columns[0].conv1.weight)
+    assert torch.equal(w[12:], model.columns[1].conv1.weight)
+
+
+def test_columns_meet_only_at_conv3_fc6_fc7():
+    """Changing column 2 before conv3 leaves column 1's conv2 alone and reaches its conv3;
+    changing column 2's conv3 leaves column 1's conv4 and conv5 alone and reaches its fc6."""
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=5, width=0.125, init="kaiming").eval()
+    names = [f"columns.{c}.{layer}" for c in (0, 1) for layer in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7")]
+    seen = record_outputs(model, names)
+    x = images(2)
+
+    def run():
+        with torch.no_grad():
+            model(x)
+        return dict(seen)
+
+    before = run()
+    with torch.no_grad():
+        model.columns[1].conv1.weight.mul_(-1.5)          # column 2's conv2 input changes
+    after = run()
+    assert torch.equal(after["columns.0.conv2"], before["columns.0.conv2"])
+    assert not torch.allclose(after["columns.1.conv2"], before["columns.1.conv2"])
+    assert not torch.allclose(after["columns.0.conv3"], before["columns.0.conv3"])
+
+    before = after
+    with torch.no_grad():
+        model.columns[1].conv3.weight.mul_(-1.5)
+    after = run()
+    for layer in ("conv2", "conv3", "conv4", "conv5"):
+        assert torch.equal(after[f"columns.0.{layer}"], before[f"columns.0.{layer}"]), layer
+    assert not torch.allclose(after["columns.1.conv4"], before["columns.1.conv4"])
+    assert not torch.allclose(after["columns.0.fc6"], before["columns.0.fc6"])
+
+    before = after
+    with torch.no_grad():
+        model.columns[1].fc6.weight.mul_(-1.5)
+    after = run()
+    assert torch.equal(after["columns.0.fc6"], before["columns.0.fc6"])
+    assert not torch.allclose(after["columns.0.fc7"], before["columns.0.fc7"])
+
+
+def test_paper_init(full_model):
+    """Section 5: weights N(0, 0.01) in every layer; biases 1 in conv2, conv4, conv5, fc6, fc7."""
+    ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+    for column in full_model.columns:
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+            layer = getattr(column, name)
+            assert abs(layer.weight.std().item() - 0.01) < 5e-4, name
+            assert abs(layer.weight.mean().item()) < 5e-4, name
+            assert torch.all(layer.bias == (1.0 if name in ones else 0.0)), name
+    assert abs(full_model.fc8.weight.std().item() - 0.01) < 5e-4
+    assert torch.all(full_model.fc8.bias == 0)
+
+
+def test_kaiming_init():
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=100, width=0.5, init="kaiming")
+    col = model.columns[0]
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        w = getattr(col, name).weight
+        fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+        assert w.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1), name
+    for name in ("fc6", "fc7"):
+        w = getattr(col, name).weight
+        assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[1]), rel=0.05), name
+    assert model.fc8.weight.std().item() == pytest.approx(math.sqrt(1 / model.fc8.in_features), rel=0.05)
+    assert all(torch.all(b == 0) for n, b in model.named_parameters() if n.endswith("bias"))
+
+
+def test_unknown_init_is_an_error_naming_the_option():
+    with pytest.raises(ValueError, match="init='xavier'"):
+        AlexNet(init="xavier")
+    with pytest.raises(ValueError, match="devices"):
+        AlexNet(width=0.125, devices=("cpu", "cpu", "cpu"))
+
+
+@pytest.mark.parametrize("devices", ["cpu", torch.device("cpu"), ("cpu",), ("cpu", "cpu")])
+def test_device_placements_give_the_same_output(devices):
+    torch.manual_seed(0)
+    reference = AlexNet(num_classes=6, width=0.125).eval()
+    model = AlexNet(num_classes=6, width=0.125, devices=devices).eval()
+    model.load_state_dict(reference.state_dict())
+    x = images(2, seed=1, scale=50.0)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    assert model.devices == (torch.device("cpu"),) * 2
+
+
+def test_channels_last_gives_the_same_output():
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=6, width=0.125, init="kaiming").eval()
+    x = images(2, seed=2)
+    with torch.no_grad():
+        y = model(x)
+        model.to(memory_format=torch.channels_last)
+        y_cl = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y_cl, y, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_only_in_training():
+    torch.manual_seed(0)
+    model = AlexNet(num_classes=6, width=0.125, init="kaiming")
+    x = images(2, seed=3)
+    with torch.no_grad():
+        assert not torch.equal(model.train()(x), model(x))
+        assert torch.equal(model.eval()(x), model(x))
+    assert sum(isinstance(m, nn.Dropout) and m.p == 0.5 for m in model.modules()) == 2   # one per column
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: steadier than two on a shared 2-core machine (~4 s here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_width_quarter_learns_a_tiny_task_with_kaiming_init(one_thread):
+    """Four classes told apart by colour; loss drops from ~ln 4 to near 0 in 30 steps."""
+    torch.manual_seed(0)
+    colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])
+    g = torch.Generator().manual_seed(1)
+    model = AlexNet(num_classes=4, width=0.25, init="kaiming")
+    opt = PaperSGD(param_groups(model, 5e-4), lr=0.01)
+    losses = []
+    for _ in range(30):
+        y = torch.randint(0, 4, (16,), generator=g)
+        x = 0.5 * torch.randn(16, 3, 224, 224, generator=g) + 0.5 * colours[y][:, :, None, None]
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 1.0
+    assert sum(losses[-5:]) / 5 < 0.3, losses
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_placements_match_cpu():
+    torch.manual_seed(0)
+    reference = AlexNet(num_classes=6, width=0.25).eval()
+    x = images(2, seed=4, scale=50.0)
+    with torch.no_grad():
+        expected = reference(x)
+    placements = [("cuda:0",)] + ([("cuda:0", "cuda:1")] if torch.cuda.device_count() > 1 else [])
+    for devices in placements:
+        model = AlexNet(num_classes=6, width=0.25, devices=devices).eval()
+        model.load_state_dict(reference.state_dict())
+        with torch.no_grad():
+            y = model(x)
+        assert y.device == torch.device(devices[0])
+        torch.testing.assert_close(y.cpu(), expected, rtol=1e-3, atol=1e-3)

@@ -1,0 +1,174 @@
+"""The paper's two-column AlexNet (Section 3.5, Figure 2), placeable on one or two devices.
+
+Each column is the half of the network one GTX 580 held. The columns exchange activations only
+where the paper's do: conv3 and fc6/fc7 see both columns' outputs, and fc8 (one 4096 -> classes
+layer, as in the two-GPU code) reads both fc7 halves on the first device. Every layer is a plain
+nn.Conv2d / nn.Linear (two per layer, one per column; no grouped convolutions), so hooks,
+summaries and other tools see the paper's layers.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from train.lrn import LRN
+
+__all__ = ["AlexNet", "Column", "count_parameters"]
+
+# Channels of the whole network at width 1 (both columns together), Section 3.5.
+CONV_CHANNELS = (96, 256, 384, 384, 256)
+FC_HIDDEN = 4096
+POOLED_SIZE = 6          # spatial size after the third max-pool: 55 -> 27 -> 13 -> 6
+INITS = ("paper", "kaiming")
+
+
+def _per_column(full: int, width: float) -> int:
+    """Channels of one column: half of ``full * width``, rounded, at least 1."""
+    return max(1, int(round(full * width / 2)))
+
+
+class Column(nn.Module):
+    """One column of Figure 2. ``conv3``, ``fc6`` and ``fc7`` take both columns' inputs."""
+
+    def __init__(self, width: float = 1.0):
+        super().__init__()
+        c1, c2, c3, c4, c5 = (_per_column(c, width) for c in CONV_CHANNELS)
+        hidden = _per_column(FC_HIDDEN, width)
+        # Padding 2 gives the paper's 55x55 conv1 maps from a 224x224 input:
+        # floor((224 + 2*2 - 11) / 4) + 1 = floor(54.25) + 1 = 55 (unpadded, 227 would do too).
+        self.conv1 = nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5, padding=2)         # own column only
+        self.conv3 = nn.Conv2d(2 * c2, c3, kernel_size=3, padding=1)     # both columns' conv2
+        self.conv4 = nn.Conv2d(c3, c4, kernel_size=3, padding=1)         # own column only
+        self.conv5 = nn.Conv2d(c4, c5, kernel_size=3, padding=1)         # own column only
+        self.fc6 = nn.Linear(2 * c5 * POOLED_SIZE ** 2, hidden)          # both columns' pool5
+        self.fc7 = nn.Linear(2 * hidden, hidden)                         # both columns' fc6
+        self.lrn = LRN(size=5, alpha=1e-4, beta=0.75, k=2.0)             # Section 3.3
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2)                # overlapping, Section 3.4
+        # Section 4.2 zeroes half the hidden units in training and halves the outputs at test
+        # time; nn.Dropout doubles the kept ones in training instead: the same expectation.
+        self.dropout = nn.Dropout(0.5)
+
+    def features1(self, x):
+        """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, within the column."""
+        x = self.pool(self.lrn(torch.relu(self.conv1(x))))
+        return self.pool(self.lrn(torch.relu(self.conv2(x))))
+
+    def features2(self, both):
+        """conv3 (on both columns' maps) -> conv4 -> conv5 -> pool, flattened."""
+        x = torch.relu(self.conv3(both))
+        x = torch.relu(self.conv4(x))
+        x = self.pool(torch.relu(self.conv5(x)))
+        return torch.flatten(x, 1)         # a copy for channels-last maps, in C, H, W order
+
+    def hidden6(self, both):
+        return self.dropout(torch.relu(self.fc6(both)))
+
+    def hidden7(self, both):
+        """fc7 after ReLU, before and after dropout (the same in eval mode)."""
+        h = torch.relu(self.fc7(both))
+        return h, self.dropout(h)
+
+
+class AlexNet(nn.Module):
+    """The paper's network (Figure 2): ``AlexNet(num_classes, devices, width, init)``.
+
+    Args:
+        num_classes: outputs of fc8 (1000 for ImageNet).
+        devices: None (CPU); one device or a 1-tuple (both columns on it, the same maths); or a
+            pair (column 1 on ``devices[0]``, column 2 on ``devices[1]``; logits on devices[0]).
+        width: multiplies every layer's channels and hidden units (1.0 is the paper's).
+        init: "paper" (Section 5: N(0, 0.01) weights; biases 1 in conv2, conv4, conv5, fc6,
+            fc7 and 0 elsewhere) or "kaiming" (Kaiming-normal, zero biases): the paper's
+            init does not start learning at reduced width for hundreds of steps.
+    """
+
+    def __init__(self, num_classes: int = 1000, devices=None, width: float = 1.0,
+                 init: str = "paper"):
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        self.config = dict(num_classes=num_classes, width=width, init=init)
+        self.columns = nn.ModuleList([Column(width), Column(width)])
+        self.fc8 = nn.Linear(2 * _per_column(FC_HIDDEN, width), num_classes)
+        _init_weights(self, init)
+        d0, d1 = _placement(devices)
+        self.columns[0].to(d0)
+        self.columns[1].to(d1)
+        self.fc8.to(d0)
+
+    @property
+    def devices(self) -> tuple[torch.device, torch.device]:
+        """Where the two columns are now (so ``model.to(...)`` afterwards is respected)."""
+        return tuple(c.conv1.weight.device for c in self.columns)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Logits (N x num_classes, on devices[0]); with ``return_features``, also the fc7
+        activity (N x 4096 at width 1, after ReLU, before dropout), the paper's last hidden layer
+        used for its nearest-neighbour figure (Section 6.1)."""
+        d0, d1 = self.devices
+        col0, col1 = self.columns
+        a0 = col0.features1(x.to(d0, non_blocking=True))
+        a1 = col1.features1(x.to(d1, non_blocking=True))
+        a0, a1 = _exchange(col0.features2, col1.features2, a0, a1, d0, d1)   # conv3 sees both
+        a0, a1 = _exchange(col0.hidden6, col1.hidden6, a0, a1, d0, d1)       # fc6 sees both
+        (f0, a0), (f1, a1) = _exchange(col0.hidden7, col1.hidden7, a0, a1, d0, d1)
+        logits = self.fc8(torch.cat([a0, a1.to(d0, non_blocking=True)], 1))
+        if return_features:
+            return logits, torch.cat([f0, f1.to(d0, non_blocking=True)], 1)
+        return logits
+
+    def conv1_weight(self) -> torch.Tensor:
+        """The 96 conv1 kernels (96 x 3 x 11 x 11 at width 1): column 1's, then column 2's
+        (Figure 3's top and bottom halves), on devices[0]."""
+        w0, w1 = (c.conv1.weight.detach() for c in self.columns)
+        return torch.cat([w0, w1.to(w0.device)], 0)
+
+
+def _exchange(f0, f1, a0, a1, d0, d1):
+    """Apply column 0's ``f0`` and column 1's ``f1`` each to both columns' activations."""
+    b0 = f0(torch.cat([a0, a1.to(d0, non_blocking=True)], 1))
+    b1 = f1(torch.cat([a0.to(d1, non_blocking=True), a1], 1))
+    return b0, b1
+
+
+def _placement(devices):
+    if devices is None:
+        return torch.device("cpu"), torch.device("cpu")
+    if isinstance(devices, (str, torch.device, int)):
+        devices = (devices,)
+    devices = tuple(torch.device(d) for d in devices)
+    if len(devices) == 1:
+        return devices[0], devices[0]
+    if len(devices) == 2:
+        return devices
+    raise ValueError(f"devices must be None, one device or two, got {len(devices)}: {devices}")
+
+
+def _init_weights(model: AlexNet, init: str):
+    """Section 5 ("paper") or Kaiming-normal ("kaiming"): see AlexNet's docstring."""
+    ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}      # the paper's biases of 1
+    layers = [(name, layer) for column in model.columns for name, layer in column.named_children()
+              if isinstance(layer, (nn.Conv2d, nn.Linear))] + [("fc8", model.fc8)]
+    with torch.no_grad():
+        for name, layer in layers:
+            if init == "paper":
+                layer.weight.normal_(0.0, 0.01)
+                layer.bias.fill_(1.0 if name in ones else 0.0)
+                continue
+            if isinstance(layer, nn.Conv2d):
+                # fan_out (as torchvision's ReLU convnets): for conv1 this also keeps the
+                # paper's 0-255 input scale from blowing up the first maps.
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            elif name == "fc8":                              # no ReLU after: unit gain
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="linear")
+            else:
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            layer.bias.zero_()
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements of ``model`` (only those requiring grad if asked)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
