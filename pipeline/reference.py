@@ -1,0 +1,185 @@
+"""The reference loader: stock `webdataset` + PIL + numpy + `torch.utils.data.DataLoader`.
+
+The correctness oracle in tests and the peer in benchmarks; never the fast path. It does the
+same work as the DALI loader (`pipeline.loader`), written directly from the formulas of
+DESIGN.md Contract 2 with numpy on the CPU, and yields float32 N×3×224×224 (N×10×3×224×224
+with ten_crop) CPU tensors and int64 labels.
+
+Sample order and draws: the rank's slice and epoch length come from the same `epoch_plan` as
+the DALI loader, and draw i (`pipeline.lighting.epoch_draws(seed, rank, epoch)`, or explicit
+`draws`) goes to the i-th image of the rank's stream. Without shuffling, and with at most one
+worker, the stream is the slice in shard order, exactly as DALI reads it, so both loaders
+produce the same images pixel for pixel (up to JPEG decoder rounding). Shuffled training uses
+a seeded buffer shuffle of its own (DALI's shuffle cannot be replayed): the same kind of
+stream, not the same order.
+
+Workers: the epoch's batches are cut into `num_workers` contiguous runs, one per worker, and
+each worker reads only the shards its run covers (as a stock webdataset setup splits shards
+over workers), so a batch holds the same images whatever the worker count; the DataLoader
+interleaves the workers' batches, so with two or more workers the batch order differs.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.lighting import (CROP, TEN_CROP_VIEWS, Draws, Normalisation, epoch_draws, lighting_offset,
+                               load_normalisation)
+from pipeline.loader import LoaderOptions, epoch_plan, open_split, resolve_options
+
+
+def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarray, norm: Normalisation,
+              mean: str, ten_crop: bool) -> np.ndarray:
+    """One decoded uint8 256×256×3 image → float32 3×224×224 (10×3×224×224 with ten_crop)."""
+    offset = lighting_offset(alpha, norm.eigval, norm.eigvec)  # [0,1] units, one RGB triple
+    views = TEN_CROP_VIEWS if ten_crop else ((x0, y0, mirror),)
+    out = []
+    for x, y, m in views:  # float32 throughout, as a practical CPU loader would compute
+        crop = image[y:y + CROP, x:x + CROP].astype(np.float32)
+        if mean == "image":
+            v = crop - norm.mean_image[y:y + CROP, x:x + CROP] + (255.0 * offset).astype(np.float32)
+        else:
+            v = (crop / np.float32(255) + (offset - norm.channel_mean / 255.0).astype(np.float32)) / (
+                norm.channel_std / 255.0).astype(np.float32)
+        if m:
+            v = v[:, ::-1]
+        out.append(np.ascontiguousarray(v.transpose(2, 0, 1)))
+    return np.stack(out) if ten_crop else out[0]
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@dataclass
+class _Epoch(IterableDataset):
+    """One epoch of one rank; each DataLoader worker yields its run of whole batches."""
+
+    tars: list
+    counts: list  # samples per tar, in order
+    options: LoaderOptions
+    norm: Normalisation
+    epoch: int
+    draws: Draws
+    shuffle_buffer: int
+
+    def _read(self, a: int, b: int):
+        """Samples [a, b) of the split in shard order, through the stock webdataset reader."""
+        import webdataset as wds
+
+        if b <= a:
+            return iter(())
+        ends = list(itertools.accumulate(self.counts))
+        first, last = bisect_right(ends, a), bisect_right(ends, b - 1)
+        skip = a - (ends[first - 1] if first else 0)
+        ds = wds.WebDataset(self.tars[first:last + 1], shardshuffle=False, nodesplitter=None, workersplitter=None,
+                            empty_check=False)
+        return itertools.islice(ds, skip, skip + (b - a))
+
+    def _shuffled(self, samples, worker):
+        rng = np.random.default_rng([self.options.seed, self.options.rank, self.epoch, 2, worker])
+        buf = []
+        for s in samples:
+            buf.append(s)
+            if len(buf) >= self.shuffle_buffer:
+                yield buf.pop(int(rng.integers(len(buf))))
+        while buf:
+            yield buf.pop(int(rng.integers(len(buf))))
+
+    def __iter__(self):
+        o, B = self.options, self.options.batch_size
+        plan = epoch_plan(sum(self.counts), B, o.rank, o.world_size, self.epoch, o.shuffle, o.drop_last)
+        info = get_worker_info()
+        w, k = (info.id, info.num_workers) if info else (0, 1)
+        b0, b1 = plan.batches * w // k, plan.batches * (w + 1) // k
+        p0, p1 = b0 * B, min(b1 * B, plan.samples)  # positions in the rank's stream
+        if p1 <= p0:
+            return
+        if o.shuffle:  # this worker's share of the slice, shuffled, cut to its positions
+            length = plan.stop - plan.start
+            a, b = plan.start + length * b0 // plan.batches, plan.start + length * b1 // plan.batches
+            stream = itertools.islice(self._shuffled(self._read(a, b), w), p1 - p0)
+        else:
+            stream = self._read(plan.start + p0, plan.start + p1)
+        batch, d = [], self.draws
+        for p, sample in enumerate(stream, start=p0):
+            image = transform(decode(sample["jpg"]), int(d.x0[p]), int(d.y0[p]), int(d.mirror[p]), d.alpha[p],
+                              self.norm, o.mean, o.ten_crop)
+            batch.append((image, int(sample["cls"])))
+            if len(batch) == B:
+                yield self._collate(batch)
+                batch = []
+        if batch:
+            yield self._collate(batch)
+
+    @staticmethod
+    def _collate(batch):
+        images = torch.from_numpy(np.stack([im for im, _ in batch]))
+        return images, torch.tensor([label for _, label in batch], dtype=torch.int64)
+
+
+@dataclass
+class ReferenceLoader:
+    """Iterable of (images, labels) CPU tensors, one epoch per iteration, like DaliLoader."""
+
+    options: LoaderOptions
+    tars: list = field(repr=False)
+    counts: list = field(repr=False)
+    norm: Normalisation = field(repr=False)
+    num_workers: int = 2
+    draws: Optional[Union[Draws, Callable[[int], Draws]]] = None
+    shuffle_buffer: int = 4096
+    epoch: int = 0
+
+    def plan(self, epoch=None):
+        o = self.options
+        return epoch_plan(sum(self.counts), o.batch_size, o.rank, o.world_size, self.epoch if epoch is None else epoch,
+                          o.shuffle, o.drop_last)
+
+    def __len__(self) -> int:
+        return self.plan().batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_draws(self, epoch: int) -> Draws:
+        if isinstance(self.draws, Draws):
+            return self.draws
+        if callable(self.draws):
+            return self.draws(epoch)
+        o = self.options
+        return epoch_draws(o.seed, o.rank, epoch, max(1, self.plan(epoch).samples), o.augment, o.lighting)
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        dataset = _Epoch(self.tars, self.counts, self.options, self.norm, epoch, self.epoch_draws(epoch),
+                         self.shuffle_buffer)
+        yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
+
+
+def build_reference_loader(OUT, split, batch_size, rank=0, world_size=1, seed=0, augment=None, lighting=None,
+                           mean="image", ten_crop=False, num_workers=2, shuffle=None, drop_last=None, draws=None,
+                           shuffle_buffer=4096) -> ReferenceLoader:
+    """The reference loader of a split; the options mean what they mean for `build_loader`.
+
+    `draws`: explicit per-position draws (a `Draws`, or a function epoch → `Draws`) instead of
+    `epoch_draws(seed, rank, epoch, …)`.
+    """
+    options = resolve_options(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
+                              shuffle, drop_last)
+    manifest = open_split(options)
+    norm = load_normalisation(OUT, manifest, mean)
+    shards = manifest.split(split).shards
+    tars = [t for t, _ in manifest.shard_paths(OUT, split)]
+    return ReferenceLoader(options, tars, [s.samples for s in shards], norm, num_workers, draws, shuffle_buffer)

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Throughput of the input pipelines, in one run on the same shards: img/s of
+
+  dali           the DALI loader (training: random crop + mirror, mean image), no lighting
+  dali+lighting  the same with PCA lighting σ = 0.1 (the paper's training input)
+  reference      the reference loader (webdataset + PIL + DataLoader), same work as dali+lighting
+
+and the ratios lighting / no lighting and DALI / reference. Warm-up batches (with the pipeline
+build at the start of the epoch; for the reference, until every worker has delivered) are excluded; each figure is the median over --repeats runs.
+
+    python scripts/bench_pipeline.py                      # ~2000 generated samples, CPU or GPU
+    python scripts/bench_pipeline.py --shards /data/shards --device cuda --json
+
+Without --shards it writes 256×256 quality-90 samples with tests/shardkit.py into a temporary
+directory, and lists them --repeat-shards times over (symlinks) so an epoch outlasts the
+measurement on a fast GPU.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def generate(directory, samples, repeat):
+    """Shards of `samples` generated images, their tars listed `repeat` times in the manifest."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from shardkit import make_shards
+
+    from shards import ShardInfo
+
+    manifest = make_shards(directory, n_train=samples, n_val=0, classes=1000, shard_size=250, seed=0)
+    split = manifest.splits["train"]
+    originals = list(split.shards)
+    for r in range(1, repeat):
+        for s in originals:
+            names = {}
+            for ext, name in (("tar", s.tar), ("idx", s.index)):
+                copy = name.replace("train-", f"train-r{r:03d}-")
+                os.symlink(name, os.path.join(directory, copy))
+                names[ext] = copy
+            split.shards.append(ShardInfo(tar=names["tar"], index=names["idx"], samples=s.samples, sha256=s.sha256))
+    split.samples = sum(s.samples for s in split.shards)
+    manifest.save(directory)
+    return split.samples
+
+
+def measure(loader, warmup, batches, device):
+    """(img/s from batch `warmup` to batch `warmup + batches`, seconds to the first batch)."""
+    import torch
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    if len(loader) < warmup + batches + 1:
+        raise SystemExit(f"an epoch has {len(loader)} batches, fewer than the {warmup + batches + 1} needed: "
+                         "use more samples, --repeat-shards or fewer --batches")
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(loader):  # one epoch: its pipeline build is in the warm-up
+        if device.startswith("cuda") and x.device.type == "cpu":  # the reference: deliver to the GPU too
+            x, y = x.to(device), y.to(device)
+        if i == 0:
+            sync()
+            first = time.perf_counter() - start
+        if i == warmup:
+            sync()
+            timed = time.perf_counter()
+        if i == warmup + batches:
+            break
+    sync()
+    return batches * loader.options.batch_size / (time.perf_counter() - timed), first
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", help="shard directory (default: generate one in a temporary directory)")
+    p.add_argument("--samples", type=int, default=2000, help="images to generate without --shards")
+    p.add_argument("--repeat-shards", type=int, default=None, help="list the generated tars N times (default 1 on CPU, 16 on GPU)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 on CPU, 128 on GPU")
+    p.add_argument("--warmup", type=int, default=3, help="batches excluded at the start")
+    p.add_argument("--batches", type=int, default=None, help="batches timed (default: the rest of an epoch, at most 200)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each loader; the median is reported")
+    p.add_argument("--threads", type=int, default=None, help="DALI CPU threads (default: all cores of this process)")
+    p.add_argument("--ref-workers", type=int, default=None, help="reference DataLoader workers (default 2 on CPU, 16 on GPU)")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference loader")
+    p.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from pipeline import build_loader, build_reference_loader
+    from shards import Manifest
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    batch = a.batch_size or (128 if gpu else 64)
+    ref_workers = a.ref_workers if a.ref_workers is not None else (16 if gpu else 2)
+    tmp = None
+    if a.shards:
+        shards = a.shards
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-shards-")
+        shards = tmp.name
+        t = time.perf_counter()
+        generate(shards, a.samples, a.repeat_shards or (16 if gpu else 1))
+        if not a.json:
+            print(f"generated {a.samples} samples in {time.perf_counter() - t:.1f} s: {shards}", file=sys.stderr)
+    samples = Manifest.load(shards).split("train").samples
+    warmup = {"dali": a.warmup, "dali+lighting": a.warmup, "reference": max(a.warmup, ref_workers)}  # all workers started
+    batches = a.batches or min(200, samples // batch - max(warmup.values()) - 1)
+
+    loaders = {
+        "dali": lambda: build_loader(shards, "train", batch, device=device, lighting=0.0, num_threads=a.threads),
+        "dali+lighting": lambda: build_loader(shards, "train", batch, device=device, lighting=0.1, num_threads=a.threads),
+    }
+    if not a.no_reference:
+        loaders["reference"] = lambda: build_reference_loader(shards, "train", batch, lighting=0.1, num_workers=ref_workers)
+    runs = {name: [] for name in loaders}
+    firsts = {name: [] for name in loaders}
+    for _ in range(a.repeats):  # interleaved, so slow drifts of a shared machine hit all alike
+        for name, make in loaders.items():
+            rate, first = measure(make(), warmup[name], batches, device)
+            runs[name].append(rate)
+            firsts[name].append(first)
+    rates = {name: statistics.median(r) for name, r in runs.items()}
+    result = {
+        "device": torch.cuda.get_device_name() if gpu else f"cpu ({len(os.sched_getaffinity(0))} cores)",
+        "batch_size": batch,
+        "samples": samples,
+        "batches_timed": batches,
+        "img_per_s": {k: round(v, 1) for k, v in rates.items()},
+        "runs": {k: [round(v, 1) for v in r] for k, r in runs.items()},
+        "first_batch_s": {k: round(statistics.median(v), 3) for k, v in firsts.items()},
+        "lighting_ratio": round(rates["dali+lighting"] / rates["dali"], 3),
+        "ref_workers": ref_workers,
+    }
+    if "reference" in rates:
+        result["dali_vs_reference"] = round(rates["dali+lighting"] / rates["reference"], 2)
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['device']}, batch {batch}, {samples} samples, {batches} batches timed, median of {a.repeats}")
+        for name, rate in rates.items():
+            print(f"  {name:14s} {rate:10.1f} img/s   (first batch {result['first_batch_s'][name]:.2f} s)")
+        print(f"  lighting / no lighting: {result['lighting_ratio']:.3f}")
+        if "dali_vs_reference" in result:
+            print(f"  DALI / reference ({ref_workers} workers): {result['dali_vs_reference']:.2f}x")
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

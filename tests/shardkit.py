@@ -1,0 +1,89 @@
+"""Tiny shard directories for tests and benchmarks, built with `shards` alone (no `preprocess`).
+
+`make_shards(dir, n_train, n_val, classes, shard_size, seed)` writes a complete Contract-1
+directory: 256×256 quality-90 JPEG samples in tars with DALI indexes, `mean_image.npy` and a
+manifest whose statistics come from `shards.StatSums` over the training images as written
+(before JPEG encoding), exactly as `preprocess` computes them.
+
+Image kinds:
+  "smooth"    low-frequency random colour fields plus mild noise (natural-image-like, so JPEG
+              decoders agree to a level or two);
+  "gradient"  R = x, G = y (pixel coordinates, 0..255), B = a per-sample constant: the crop
+              offset and mirroring of any 224×224 view can be read back from its pixels.
+Sample i of a split has label `i % classes`; with `classes >= n` every label names its sample.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from shards import ClassInfo, Manifest, ShardWriter, SplitInfo, StatSums, Stats, sample_key, shard_stem
+
+SIZE = 256
+
+
+def make_image(rng: np.random.Generator, kind: str = "smooth") -> np.ndarray:
+    """One 256×256×3 uint8 image."""
+    if kind == "gradient":
+        y, x = np.mgrid[0:SIZE, 0:SIZE]
+        b = np.full((SIZE, SIZE), rng.integers(0, 256))
+        return np.stack([x, y, b], axis=-1).astype(np.uint8)
+    if kind != "smooth":
+        raise ValueError(f"unknown image kind {kind!r}")
+    coarse = Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8))
+    field = np.asarray(coarse.resize((SIZE, SIZE), Image.BICUBIC), np.int16)
+    noise = rng.integers(-8, 9, size=(SIZE, SIZE, 3), dtype=np.int16)
+    return np.clip(field + noise, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def make_shards(
+    directory,
+    n_train: int = 48,
+    n_val: int = 20,
+    classes: int = 10,
+    shard_size: int = 16,
+    seed: int = 0,
+    kind: str = "smooth",
+    quality: int = 90,
+) -> Manifest:
+    """Write a shard directory under `directory` and return its (saved) Manifest."""
+    rng = np.random.default_rng(seed)
+    sums = StatSums()
+    splits = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        if n <= 0:
+            continue
+        infos = []
+        for first in range(0, n, shard_size):
+            with ShardWriter(directory, shard_stem(split, len(infos))) as w:
+                for i in range(first, min(n, first + shard_size)):
+                    image = make_image(rng, kind)
+                    if split == "train":
+                        sums.add(image)
+                    label = i % classes
+                    meta = {"src": f"{split}/{i}.JPEG", "wnid": f"n{label:08d}", "size": [SIZE, SIZE]}
+                    w.write(sample_key(split, i), encode_jpeg(image, quality), label, meta)
+            infos.append(w.info)
+        splits[split] = SplitInfo(samples=n, shards=infos)
+    stats = None
+    if sums.images:
+        derived, mean_image = sums.derive()
+        np.save(f"{directory}/mean_image.npy", mean_image)
+        stats = Stats(**derived, mean_image="mean_image.npy", sums=sums.to_json())
+    manifest = Manifest(
+        image_size=SIZE,
+        classes=[ClassInfo(index=c, wnid=f"n{c:08d}", name=f"class {c}") for c in range(classes)],
+        params={"size": SIZE, "quality": quality, "seed": seed, "source": "tests/shardkit"},
+        splits=splits,
+        stats=stats,
+    )
+    manifest.save(directory)
+    return manifest

@@ -1,0 +1,307 @@
+"""pipeline/: the DALI loader against the reference loader and the formulas of Section 4.1.
+
+Data: tiny shard directories written by tests/shardkit.py (no preprocess package). Labels are
+unique per sample (classes >= samples), so a label names its sample and its shard position.
+CPU tests always run; the @pytest.mark.gpu twins run the same comparisons on device="cuda".
+"""
+import sys
+
+import numpy as np
+import pytest
+import torch
+from shardkit import make_shards
+
+from pipeline import DALI_MISSING, DALINotInstalled, build_loader, build_reference_loader
+from pipeline.lighting import CENTRE, epoch_draws, lighting_offset
+from pipeline.loader import epoch_plan
+from shards import ManifestError
+
+
+def have_dali():
+    try:
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+N_TRAIN, N_VAL, B = 44, 21, 8
+needs_dali = pytest.mark.skipif(not have_dali(), reason="needs NVIDIA DALI")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
+# DALI's CPU decoder and PIL both use libjpeg-turbo (identical here); nvJPEG rounds and
+# upsamples chroma differently, by a few levels.
+TOLERANCE = {"cpu": (2.0, 0.5), "cuda": (12.0, 1.0)}  # (max abs, mean abs) in 0–255 levels
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    make_shards(d, n_train=N_TRAIN, n_val=N_VAL, classes=64, shard_size=16, seed=1)
+    return d
+
+
+@pytest.fixture(scope="module")
+def gradient_shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gradient")
+    make_shards(d, n_train=40, n_val=0, classes=40, shard_size=16, seed=2, kind="gradient")
+    return d
+
+
+def dali(d, split, device="cpu", **kw):
+    return build_loader(d, split, kw.pop("batch_size", B), device=device, num_threads=2, **kw)
+
+
+def ref(d, split, **kw):
+    return build_reference_loader(d, split, kw.pop("batch_size", B), num_workers=0, **kw)
+
+
+def assert_close(a, b, device, scale=1.0):
+    max_tol, mean_tol = TOLERANCE[device]
+    diff = (a.float().cpu() - b.float()).abs() / scale
+    assert diff.max() <= max_tol and diff.mean() <= mean_tol, (float(diff.max()), float(diff.mean()))
+
+
+def epoch(loader):
+    xs, ys = zip(*loader)
+    return torch.cat([x.float().cpu() for x in xs]), torch.cat([y.cpu() for y in ys])
+
+
+# --- the draws (host side) --------------------------------------------------------------
+def test_draws_reproducible_and_prefix_stable():
+    a = epoch_draws(7, 1, 3, 1000, augment=True, sigma=0.1)
+    b = epoch_draws(7, 1, 3, 10, augment=True, sigma=0.1)
+    for f in ("x0", "y0", "mirror", "alpha"):
+        np.testing.assert_array_equal(getattr(a, f)[:10], getattr(b, f))
+        np.testing.assert_array_equal(getattr(a, f), getattr(epoch_draws(7, 1, 3, 1000, True, 0.1), f))
+    for other in (epoch_draws(7, 1, 4, 1000, True, 0.1), epoch_draws(7, 0, 3, 1000, True, 0.1),
+                  epoch_draws(8, 1, 3, 1000, True, 0.1)):
+        assert not np.array_equal(a.x0, other.x0) and not np.array_equal(a.alpha, other.alpha)
+    centre = epoch_draws(7, 1, 3, 1000, augment=False, sigma=0.1)
+    assert (centre.x0 == CENTRE).all() and (centre.y0 == CENTRE).all() and (centre.mirror == 0).all()
+    np.testing.assert_array_equal(centre.alpha, a.alpha)  # lighting independent of augmentation
+    assert not epoch_draws(7, 1, 3, 10, True, 0.0).alpha.any()
+
+
+def test_crop_offsets_cover_32x32_and_flip_half():
+    n = 204_800
+    d = epoch_draws(0, 0, 0, n, augment=True, sigma=0.0)
+    assert d.x0.min() == 0 and d.x0.max() == 31 and d.y0.min() == 0 and d.y0.max() == 31
+    counts = np.bincount(d.y0 * 32 + d.x0, minlength=1024)
+    assert (counts > 0).all()  # all 1024 corners
+    expected = n / 1024  # 200 per corner
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 1023 + 6 * np.sqrt(2 * 1023)  # uniform (chi² with 1023 dof, ~6σ)
+    assert abs(d.mirror.mean() - 0.5) < 5 * 0.5 / np.sqrt(n)
+    # the mirror is independent of the corner: half the images at every column are mirrored
+    per_column = np.bincount(d.x0, weights=d.mirror, minlength=32) / np.bincount(d.x0, minlength=32)
+    assert np.abs(per_column - 0.5).max() < 0.03
+
+
+def test_lighting_offset_covariance():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    eigval, sigma = np.array([0.05, 0.01, 0.002]), 0.1
+    alpha = epoch_draws(0, 0, 0, 200_000, augment=False, sigma=sigma).alpha
+    off = lighting_offset(alpha, eigval, q)
+    want = q @ np.diag((sigma * eigval) ** 2) @ q.T
+    np.testing.assert_allclose(np.cov(off.T), want, atol=0.02 * want.max())
+    np.testing.assert_allclose(off.mean(0), 0, atol=0.01 * sigma * eigval[0])
+    np.testing.assert_allclose(lighting_offset(alpha[:1], eigval, q)[0], q @ (alpha[0] * eigval))
+
+
+# --- DALI against the reference ---------------------------------------------------------
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
+def test_val_centre_crop_matches_reference(shards, device):
+    loader = dali(shards, "val", device)
+    assert len(loader) == 3
+    x, y = epoch(loader)
+    assert x.shape == (N_VAL, 3, 224, 224)
+    assert y.dtype == torch.int64 and y.tolist() == list(range(N_VAL))  # shard order
+    rx, ry = epoch(ref(shards, "val"))
+    assert torch.equal(y, ry)
+    assert_close(x, rx, device)
+    # mean="image" is the 0–255 scale, not divided: centred values spread over tens of levels
+    assert 10 < x.std() < 128
+
+
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
+def test_ten_crop_matches_reference(shards, device):
+    kw = dict(ten_crop=True, batch_size=16, lighting=0.1)  # one lighting offset for all ten views
+    x, y = epoch(dali(shards, "val", device, **kw))
+    rx, ry = epoch(ref(shards, "val", **kw))
+    assert x.shape == (N_VAL, 10, 3, 224, 224) and torch.equal(y, ry)
+    assert_close(x, rx, device)
+    # view 4 is the centre crop and view 9 its mirror
+    c, _ = epoch(dali(shards, "val", device, batch_size=16, lighting=0.1))
+    torch.testing.assert_close(x[:, 4], c)
+    torch.testing.assert_close(x[:, 9], c.flip(-1), atol=1e-3, rtol=0)
+
+
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
+def test_train_augment_lighting_matches_reference(shards, device):
+    kw = dict(shuffle=False, seed=5)  # shard order, so both loaders see the same stream
+    loader = dali(shards, "train", device, **kw)
+    loader.set_epoch(2)
+    x, y = epoch(loader)
+    r = ref(shards, "train", **kw)
+    r.set_epoch(2)
+    rx, ry = epoch(r)
+    assert x.shape == (40, 3, 224, 224) and torch.equal(y, ry) and y.tolist() == list(range(40))
+    assert_close(x, rx, device)
+
+
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
+def test_channel_mean_matches_reference(shards, device):
+    x, y = epoch(dali(shards, "val", device, mean="channel", lighting=0.1))
+    rx, _ = epoch(ref(shards, "val", mean="channel", lighting=0.1))
+    assert_close(x, rx, device, scale=1 / 64)  # ≈ levels: one level is 1/(255σ) ≈ 1/64 here
+    assert abs(x.mean()) < 0.5 and 0.5 < x.std() < 2
+
+
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
+def test_lighting_is_one_constant_per_image(shards, device):
+    kw = dict(shuffle=False, seed=3)
+    lit = dali(shards, "train", device, lighting=0.5, **kw)
+    x, y = epoch(lit)
+    x0, y0 = epoch(dali(shards, "train", device, lighting=0.0, **kw))
+    assert torch.equal(y, y0)
+    delta = (x - x0).double()
+    per_image = delta.mean(dim=(2, 3))  # N×3
+    assert (delta - per_image[:, :, None, None]).abs().max() < 1e-3  # constant over pixels
+    draws = lit.draws(0)
+    want = 255 * lighting_offset(draws.alpha[:40], lit.norm.eigval, lit.norm.eigvec)
+    np.testing.assert_allclose(per_image.numpy(), want, atol=1e-3)
+    assert np.abs(want).max() > 1  # the test sees real offsets
+
+
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
+def test_crop_corners_and_mirror_follow_the_draws(gradient_shards, device):
+    """Read each view's corner and mirror back from gradient images (R = x, G = y)."""
+    loader = dali(gradient_shards, "train", device, mean="channel", lighting=0.0, seed=11)
+    seen = []
+    for e in (0, 1):
+        loader.set_epoch(e)
+        x, labels = epoch(loader)
+        assert sorted(labels.tolist()) == list(range(40))  # shuffled epoch: each image once
+        std, mean = loader.norm.channel_std, loader.norm.channel_mean
+        rgb = x.double() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+        r, g = rgb[:, 0], rgb[:, 1]
+        mirror = (r[:, :, 0] > r[:, :, -1]).all(dim=1)
+        ramp = torch.arange(224, dtype=torch.float64)  # pixel value − column (row) = corner offset
+        columns = torch.where(mirror[:, None], ramp.flip(0), ramp)
+        x0 = (r.mean(1) - columns).mean(1).round().int().numpy()  # mean over 224 columns: JPEG error cancels
+        y0 = (g.mean(2) - ramp).mean(1).round().int().numpy()
+        mirror = mirror.numpy().astype(int)
+        d = loader.draws(e)
+        np.testing.assert_array_equal(x0, d.x0[:40])
+        np.testing.assert_array_equal(y0, d.y0[:40])
+        np.testing.assert_array_equal(mirror, d.mirror[:40])
+        seen.append((labels, x0, y0, mirror))
+    assert not np.array_equal(seen[0][1], seen[1][1])  # epochs draw afresh
+    assert not torch.equal(seen[0][0], seen[1][0])  # and reshuffle
+
+
+# --- epochs, ranks, reproducibility ------------------------------------------------------
+def test_epoch_plan_lengths():
+    assert epoch_plan(44, 8, 0, 1, 0, True, True).batches == 5  # 40 of 44, the rest dropped
+    plans = [epoch_plan(44, 8, r, 2, e, True, True) for r in (0, 1) for e in (0, 1)]
+    assert {p.batches for p in plans} == {2}  # equal length on every rank
+    assert [p.shard_id for p in plans] == [0, 1, 1, 0]  # slices rotate over the ranks
+    val = [epoch_plan(21, 8, r, 2, 0, False, False) for r in (0, 1)]
+    assert [(p.start, p.stop, p.batches, p.samples) for p in val] == [(0, 10, 2, 10), (10, 21, 2, 11)]
+
+
+@needs_dali
+def test_train_ranks_disjoint_equal_and_rotating(shards):
+    for e in (0, 1):
+        per_rank = []
+        for rank in (0, 1):
+            loader = dali(shards, "train", rank=rank, world_size=2, seed=4)
+            loader.set_epoch(e)
+            batches = [y for _, y in loader]
+            assert len(loader) == len(batches) == N_TRAIN // (2 * B)
+            assert all(len(y) == B for y in batches)
+            labels = torch.cat(batches).tolist()
+            slice_ = (rank + e) % 2  # slice s holds samples [22 s, 22 s + 22)
+            assert all(22 * slice_ <= v < 22 * slice_ + 22 for v in labels) and len(set(labels)) == 16
+            per_rank.append(set(labels))
+        assert not per_rank[0] & per_rank[1]
+
+
+@needs_dali
+def test_val_ranks_see_every_sample_once(shards):
+    seen = []
+    for rank in (0, 1):
+        loader = dali(shards, "val", rank=rank, world_size=2)
+        batches = [y for _, y in loader]
+        assert len(loader) == len(batches) == 2
+        seen += torch.cat(batches).tolist()
+        assert [len(y) for y in batches] == [8, 2 + rank]  # padding trimmed
+    assert sorted(seen) == list(range(N_VAL)) and seen == list(range(N_VAL))
+
+
+@needs_dali
+def test_same_seed_rank_epoch_reproduces(shards):
+    a, b = dali(shards, "train", seed=9), dali(shards, "train", seed=9)
+    a.set_epoch(3)
+    xa, ya = epoch(a)
+    list(b)  # epoch 0 first: must not matter
+    b.set_epoch(3)
+    xb, yb = epoch(b)
+    assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    xc, yc = epoch(b)  # iterating advanced b to epoch 4
+    assert not torch.equal(ya, yc)
+    assert not torch.equal(epoch(dali(shards, "train", seed=10))[1], epoch(dali(shards, "train", seed=9))[1])
+
+
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
+def test_dtype_and_memory_format(shards, device):
+    base, _ = epoch(dali(shards, "val", device))
+    for dtype, fmt in ((torch.float16, torch.contiguous_format), (torch.bfloat16, torch.channels_last),
+                       (torch.float32, torch.channels_last)):
+        x, y = next(iter(dali(shards, "val", device, dtype=dtype, memory_format=fmt)))
+        assert x.dtype == dtype and x.shape == (B, 3, 224, 224) and x.device.type == device
+        assert y.dtype == torch.int64 and y.device.type == device
+        assert x.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(x.float().cpu(), base[:B], atol=1.0, rtol=0.01)  # half: ~0.1 level at 128
+    x, _ = next(iter(dali(shards, "val", device, ten_crop=True, memory_format=torch.channels_last)))
+    assert x.shape == (B, 10, 3, 224, 224) and x.reshape(-1, 3, 224, 224).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_reference_workers_give_the_same_batches(shards):
+    one = list(ref(shards, "val", batch_size=4))
+    two = list(build_reference_loader(shards, "val", 4, num_workers=2))
+    key = lambda batch: batch[1][0].item()  # noqa: E731
+    assert len(one) == len(two) == 6
+    for (x, y), (u, v) in zip(sorted(one, key=key), sorted(two, key=key)):
+        assert torch.equal(y, v) and torch.equal(x, u)
+
+
+# --- errors ------------------------------------------------------------------------------
+def test_errors(shards, tmp_path, monkeypatch):
+    with pytest.raises(ManifestError, match="no manifest"):
+        build_loader(tmp_path, "train", B)
+    with pytest.raises(ManifestError, match="split 'test' is not in"):
+        build_loader(shards, "test", B)
+    with pytest.raises(ValueError, match="mean='pixel'"):
+        build_loader(shards, "val", B, mean="pixel")
+    with pytest.raises(ValueError, match="dtype="):
+        build_loader(shards, "val", B, dtype=torch.int8)
+    with pytest.raises(ValueError, match="too few for one batch of 16 on each of 3"):
+        build_loader(shards, "train", 16, rank=1, world_size=3)
+    with pytest.raises(ValueError, match="rank=2, world_size=2"):
+        build_loader(shards, "train", B, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="ten_crop"):
+        build_loader(shards, "val", B, augment=True, ten_crop=True)
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if DALI were not installed
+    with pytest.raises(DALINotInstalled) as e:
+        build_loader(shards, "val", B)
+    assert str(e.value) == DALI_MISSING and isinstance(e.value, ImportError)

@@ -1,0 +1,209 @@
+"""`alexnet train`, `alexnet eval` and `alexnet figures`. Heavy imports live inside the commands."""
+import json
+import os
+
+import click
+
+from alexnet_cli import UserError
+
+
+def _devices(value):
+    if not value:
+        return None
+    devs = tuple(d.strip() for d in value.split(",") if d.strip())
+    if len(devs) not in (1, 2):
+        raise click.BadParameter("give one or two devices, e.g. cuda:0,cuda:1", param_hint="--devices")
+    return devs
+
+
+def _check_shards(shards, split=None):
+    from shards import Manifest, ManifestError
+
+    try:
+        m = Manifest.load(shards)
+        if split:
+            m.split(split)
+        return m
+    except ManifestError as e:
+        raise UserError(str(e)) from None
+
+
+@click.command()
+@click.argument("shards", type=click.Path(file_okay=False))
+@click.option("--out", default="runs/alexnet", show_default=True, help="Run directory.")
+@click.option("--epochs", type=click.IntRange(1), default=90, show_default=True, help="Section 5: ~90 epochs.")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after this many steps in all (across resumes).")
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Per model replica.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--devices", default=None, help="Column placement, e.g. cuda:0,cuda:1 (one column per GPU).")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Channel multiplier; 1.0 is the paper's net.")
+@click.option("--init", type=click.Choice(["paper", "kaiming"]), default="paper", show_default=True,
+              help="'paper' (Section 5) for full size; 'kaiming' for small --width runs.")
+@click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
+@click.option("--schedule", type=click.Choice(["plateau", "step"]), default="plateau", show_default=True)
+@click.option("--lighting", type=click.FloatRange(min=0), default=0.1, show_default=True, help="PCA lighting sigma.")
+@click.option("--val-every", type=click.IntRange(1), default=1, show_default=True, help="Epochs between validations.")
+@click.option("--log-every", type=click.IntRange(1), default=20, show_default=True, help="Steps between metrics rows.")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Steps between extra checkpoints (0: at epoch ends only).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="DALI worker threads.")
+def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width, init, amp, compile_, seed,
+          resume, schedule, lighting, val_every, log_every, checkpoint_every, threads):
+    """Train the two-column AlexNet on SHARDS (Sections 3-5 of the paper).
+
+    Writes OUT/config.json, OUT/metrics.jsonl, OUT/checkpoint-<step>.pt and OUT/last.pt.
+    Many machines: start it with torchrun, one process per model replica (GPUs 2r and 2r+1).
+
+    \b
+    Examples:
+      alexnet train /data/shards --out runs/paper                      # the paper's recipe
+      alexnet train /data/shards --out runs/paper --devices cuda:0,cuda:1
+      alexnet train shards --width 0.25 --init kaiming --epochs 5 --device cpu
+      torchrun --nproc-per-node 4 -m alexnet_cli train /data/shards --out runs/dp
+    """
+    _check_shards(shards, "train")
+    if resume and not os.path.exists(os.path.join(out, "last.pt")):
+        raise UserError(f"--resume: {os.path.join(out, 'last.pt')} does not exist (start without --resume)")
+    if not resume and os.path.exists(os.path.join(out, "last.pt")):
+        raise UserError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
+    from train.config import TrainConfig
+    from train.trainer import Trainer, TrainingDiverged
+
+    cfg = TrainConfig(shards=shards, out=out, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
+                      device=device, devices=_devices(devices), width=width, init=init, amp=amp,
+                      compile=compile_, seed=seed, resume=resume, schedule=schedule, lighting=lighting,
+                      val_every=val_every, log_every=log_every, checkpoint_every=checkpoint_every,
+                      num_threads=threads)
+    try:
+        trainer = Trainer(cfg)
+        if trainer.main:
+            where = ", ".join(trainer.devices) if trainer.devices else "cpu"
+            click.echo(f"train: width {width}, init {init}, batch {batch_size} x {trainer.world} replica(s) on "
+                       f"{where}; {len(trainer.train_loader)} batches/epoch; run dir {out}", err=True)
+        trainer.fit()
+    except TrainingDiverged as e:
+        raise click.ClickException(str(e)) from None
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    if trainer.main:
+        click.echo(f"train: done at step {trainer.step} (epoch {trainer.epoch}); last checkpoint {out}/last.pt")
+
+
+@click.command("eval")
+@click.argument("shards", type=click.Path(file_okay=False))
+@click.argument("checkpoint", type=click.Path())
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over ten patches (Section 4.1).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
+def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
+    """Top-1 and top-5 error of CHECKPOINT on the validation split of SHARDS.
+
+    \b
+    Examples:
+      alexnet eval /data/shards runs/paper/last.pt
+      alexnet eval /data/shards runs/paper/last.pt --ten-crop --json
+    """
+    import torch
+
+    from pipeline import build_loader
+    from train.checkpoint import model_from_checkpoint
+    from train.evaluate import evaluate as run_eval
+
+    m = _check_shards(shards, "val")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model, state = model_from_checkpoint(checkpoint, devices=None if device == "cpu" else (device,))
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if model.config["num_classes"] != m.num_classes:
+        raise UserError(f"{checkpoint} has {model.config['num_classes']} classes, {shards} has {m.num_classes}")
+    loader = build_loader(shards, "val", batch_size, device=device, ten_crop=ten_crop)
+    r = run_eval(model, loader, device)
+    r.pop("counts", None)
+    r.update(ten_crop=ten_crop, step=state.get("step"))
+    if as_json:
+        click.echo(json.dumps(r))
+    else:
+        mode = "ten-crop" if ten_crop else "centre crop"
+        click.echo(f"eval ({mode}, {r['samples']} images, step {r['step']}): top-1 error {100 * r['top1_error']:.2f}%, "
+                   f"top-5 error {100 * r['top5_error']:.2f}%")
+
+
+@click.command()
+@click.argument("shards", type=click.Path(file_okay=False))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per measurement.")
+@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Batches excluded before timing.")
+@click.option("--peer-workers", type=click.IntRange(1), default=None, help="Reference loader workers (default: cores, at most 16).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on one line of stdout.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of img/s per batch for each measurement.")
+def profile(shards, device, width, batch_size, batches, warmup, peer_workers, as_json, plot):
+    """Measure input throughput against model throughput on SHARDS, and against a stock loader.
+
+    \b
+    Examples:
+      alexnet profile /data/shards --device cuda --batch-size 256 --plot profile.png
+      alexnet profile shards --device cpu --width 0.25 --batch-size 32 --batches 10 --json
+    """
+    import torch
+
+    from train.profile import format_table, plot_profile, run_profile
+
+    _check_shards(shards, "train")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    say = (lambda m: click.echo(m, err=True))
+    r = run_profile(shards, device=device, width=width, batch_size=batch_size, batches=batches, warmup=warmup,
+                    peer_workers=peer_workers, progress=say)
+    if plot:
+        plot_profile(r, plot)
+        say(f"profile: plot written to {plot}")
+    if as_json:
+        slim = {k: ({kk: vv for kk, vv in v.items() if kk != "per_batch_img_s"} if isinstance(v, dict) else v)
+                for k, v in r.items()}
+        click.echo(json.dumps(slim))
+    else:
+        click.echo(format_table(r))
+
+
+@click.command()
+@click.argument("shards", type=click.Path(file_okay=False))
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNG files.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def figures(shards, checkpoint, out, device):
+    """The paper's qualitative figures (Section 6.1) for CHECKPOINT, as PNG files in OUT.
+
+    kernels.png (Figure 3: conv1 kernels, one block per column), predictions.png (Figure 4 left:
+    top-5 labels with probabilities), neighbours.png (Figure 4 right: nearest training images in
+    the last hidden layer), curves.png (loss and validation error from metrics.jsonl).
+
+    \b
+    Example:
+      alexnet figures /data/shards runs/paper/last.pt --out runs/paper/figures
+    """
+    import torch
+
+    from train.figures import make_figures
+
+    _check_shards(shards, "val")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not os.path.exists(checkpoint):
+        raise UserError(f"{checkpoint}: no such checkpoint")
+    os.makedirs(out, exist_ok=True)
+    paths = make_figures(shards, checkpoint, out, device=device)
+    for note in paths.pop("notes", []):
+        click.echo(f"figures: note: {note}", err=True)
+    for name, path in paths.items():
+        if str(path).endswith(".png"):
+            click.echo(f"figures: {name}: {path}")
