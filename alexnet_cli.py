@@ -28,7 +28,7 @@ COMMANDS = {
     "train": "train.cli:train",
     "eval": "train.cli:evaluate",
     "figures": "train.cli:figures",
-    "profile": "pipeline.cli:profile",
+    "profile": "train.cli:profile",
     "demo": "train.demo:demo",
 }
 
@@ -46,8 +46,10 @@ class LazyGroup(click.Group):
         module, attr = target.split(":")
         try:
             return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return None  # a command appears when it works
+        except ModuleNotFoundError as e:
+            if e.name is not None and module.startswith(e.name):
+                return None  # that stage is not installed
+            raise
 
     def main(self, args=None, prog_name=None, **kwargs):
         """Like click's, but every user mistake is one line on stderr and exit code 2."""

@@ -1,0 +1,178 @@
+"""The trainer, checkpoints, resume, eval and data-parallel training, on tiny shards (CPU)."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alexnet_cli import main as cli
+from shardkit import make_shards
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig
+from train.trainer import Trainer, TrainingDiverged
+
+SMALL = dict(width=0.125, init="kaiming", lr=0.001, batch_size=8, device="cpu", log_every=1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("shards")
+    make_shards(d, n_train=32, n_val=12, classes=4, shard_size=12, seed=1)
+    return str(d)
+
+
+def _train(shards, out, **kw):
+    torch.set_num_threads(1)
+    cfg = TrainConfig(shards=shards, out=str(out), **{**SMALL, **kw})
+    return Trainer(cfg, progress=False).fit()
+
+
+def _rows(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_run_directory(shards, tmp_path):
+    t = _train(shards, tmp_path / "run", epochs=2)
+    assert t.step == 2 * 4  # 32 images / batch 8, two epochs
+    files = set(os.listdir(tmp_path / "run"))
+    assert {"config.json", "metrics.jsonl", "last.pt", "checkpoint-00000004.pt", "checkpoint-00000008.pt"} <= files
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg["width"] == 0.125 and cfg["init"] == "kaiming" and cfg["batch_size"] == 8
+    rows = _rows(tmp_path / "run")
+    train_rows = [r for r in rows if "loss" in r and "top1_error" not in r]
+    val_rows = [r for r in rows if "top1_error" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    for r in train_rows:
+        assert {"step", "epoch", "loss", "lr", "images_per_s", "data_wait"} <= set(r)
+        assert 0 <= r["data_wait"] <= 1 and r["images_per_s"] > 0
+    assert len(val_rows) == 2
+    for r in val_rows:
+        assert 0 <= r["top1_error"] <= 1 and 0 <= r["top5_error"] <= r["top1_error"]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["model_config"] == {"num_classes": 4, "width": 0.125, "init": "kaiming"}
+    assert state["step"] == 8 and state["epoch"] == 2
+
+
+def test_resume_follows_the_same_trajectory(shards, tmp_path):
+    """Stopped mid-epoch by --max-steps and resumed, a CPU run ends with the same weights."""
+    full = _train(shards, tmp_path / "full", epochs=2, max_steps=7)
+    _train(shards, tmp_path / "part", epochs=2, max_steps=3)
+    assert load_checkpoint(tmp_path / "part")["batch_in_epoch"] == 3
+    resumed = _train(shards, tmp_path / "part", epochs=2, max_steps=7, resume=True)
+    assert resumed.step == full.step == 7
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    losses = lambda run: [r["loss"] for r in _rows(run) if "top1_error" not in r]  # noqa: E731
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
+def test_diverged_run_stops_and_keeps_last_good_checkpoint(shards, tmp_path):
+    torch.set_num_threads(1)
+    t = Trainer(TrainConfig(shards=shards, out=str(tmp_path / "run"), epochs=3, checkpoint_every=2, **SMALL),
+                progress=False)
+    real_step = t.train_step
+
+    def nan_from_step_5(x, y):
+        loss = real_step(x, y)
+        return loss * float("nan") if t.step >= 4 else loss
+
+    t.train_step = nan_from_step_5
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        t.fit()
+    assert t.step == 5
+    assert load_checkpoint(tmp_path / "run")["step"] == 4  # the NaN step was not saved
+
+
+def test_step_schedule_and_plateau():
+    from train.schedule import PlateauSchedule, StepSchedule
+
+    s = StepSchedule(0.01, steps=(2, 4))
+    assert [round(s.on_epoch(e), 6) for e in range(6)] == [0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001]
+    p = PlateauSchedule(0.01, drops=3, patience=1)
+    lrs = [p.on_validation(e) for e in (0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4)]
+    assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.0001, 0.00001, 0.00001, 0.00001])  # three drops, no more
+
+
+def test_cli_train_eval_json(shards, tmp_path):
+    run = str(tmp_path / "run")
+    r = CliRunner().invoke(cli, ["train", shards, "--out", run, "--width", "0.125", "--init", "kaiming", "--lr", "0.001",
+                                 "--batch-size", "8", "--epochs", "1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    for ten in ([], ["--ten-crop"]):
+        r = CliRunner().invoke(cli, ["eval", shards, os.path.join(run, "last.pt"), "--device", "cpu", "--json", *ten])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert 0 <= out["top5_error"] <= out["top1_error"] <= 1 and out["samples"] == 12
+    # a second run into the same folder without --resume is refused, nothing overwritten
+    r = CliRunner().invoke(cli, ["train", shards, "--out", run, "--device", "cpu"])
+    assert r.exit_code == 2 and "--resume" in r.output
+
+
+def test_ten_crop_eval_equals_mean_of_softmax(shards):
+    """eval --ten-crop averages the softmax over the ten patches (Section 4.1)."""
+    from pipeline import build_loader
+    from train.evaluate import evaluate
+    from train.model import AlexNet
+
+    torch.manual_seed(0)
+    model = AlexNet(4, width=0.125, init="kaiming").eval()
+    loader = build_loader(shards, "val", 6, device="cpu", ten_crop=True)
+    r = evaluate(model, loader, "cpu")
+    wrong1 = n = 0
+    with torch.no_grad():
+        for x, y in loader:
+            p = torch.stack([model(x[:, v]).softmax(1) for v in range(10)]).mean(0)
+            wrong1 += (p.argmax(1) != y).sum().item()
+            n += len(y)
+    assert r["samples"] == n == 12 and r["top1_error"] == pytest.approx(wrong1 / n)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, shards, out, result_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import copy
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    cfg = TrainConfig(shards=shards, out=out, epochs=2, max_steps=3, **SMALL)  # 2 batches per rank-epoch
+    t = Trainer(cfg, progress=False)
+    # Gradient averaging: a plain copy's local gradient, averaged by hand, equals DDP's.
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(rank)) * 50
+    y = torch.tensor([rank, 1, 2, 3])
+    t.model.eval()
+    local = copy.deepcopy(t.model)
+    F.cross_entropy(local(x), y).backward()
+    F.cross_entropy(t.net(x), y).backward()
+    for (name, p), q in zip(t.model.named_parameters(), local.parameters()):
+        g = q.grad.clone()
+        dist.all_reduce(g)
+        torch.testing.assert_close(p.grad, g / world, rtol=1e-4, atol=1e-6, msg=name)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.model.train()
+    t.fit()
+    torch.save({k: v for k, v in t.model.state_dict().items()}, os.path.join(result_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_data_parallel_two_cpu_processes(shards, tmp_path):
+    """Two gloo processes: gradients are averaged and the replicas stay identical."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), shards, str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert load_checkpoint(tmp_path / "run")["step"] == 3

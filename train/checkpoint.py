@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically, each carrying the model's settings, plus `last.pt`, the newest.
+
+A checkpoint holds everything `--resume` needs to continue exactly (model, optimiser, schedule,
+step, position in the epoch, RNG states) and everything `eval` and `figures` need to rebuild the
+model (`model_config`: num_classes, width, init), so those commands take no other arguments.
+"""
+import os
+
+import torch
+
+
+def save_checkpoint(run_dir, state: dict) -> str:
+    """Write `checkpoint-<step>.pt` atomically and point `last.pt` at it; returns the path."""
+    path = os.path.join(run_dir, f"checkpoint-{state['step']:08d}.pt")
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    last, last_tmp = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "last.pt.tmp")
+    if os.path.exists(last_tmp):
+        os.remove(last_tmp)
+    os.link(path, last_tmp)  # same bytes, no second write
+    os.replace(last_tmp, last)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a checkpoint file (or the `last.pt` of a run directory)."""
+    path = str(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
+    if "model_config" not in state or "model" not in state:
+        raise ValueError(f"{path}: not a checkpoint written by `alexnet train`")
+    return state
+
+
+def model_from_checkpoint(path, devices=None):
+    """(AlexNet with the checkpoint's weights, in eval mode, the checkpoint dict)."""
+    from train.model import AlexNet
+
+    state = load_checkpoint(path)
+    cfg = state["model_config"]
+    model = AlexNet(num_classes=cfg["num_classes"], devices=devices, width=cfg["width"], init=cfg["init"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state

@@ -1,0 +1,42 @@
+"""One typed settings object for a training run, written as `config.json` beside its outputs."""
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Tuple
+
+
+@dataclass
+class TrainConfig:
+    shards: str  # shard directory (alexnet preprocess output)
+    out: str = "runs/alexnet"  # run directory
+    epochs: int = 90  # Section 5: "roughly 90 cycles through the training set"
+    max_steps: Optional[int] = None  # stop after this many steps in all, across resumes
+    batch_size: int = 128  # per model replica (Section 5)
+    lr: float = 0.01  # Section 5: initial learning rate
+    momentum: float = 0.9  # Section 5
+    weight_decay: float = 5e-4  # Section 5
+    schedule: str = "plateau"  # "plateau": /10 when val error stops improving; "step": at lr_steps
+    lr_drops: int = 3  # Section 5: "reduced three times prior to termination"
+    patience: int = 2  # plateau: validations without improvement before a drop
+    lr_steps: Tuple[int, ...] = (30, 60, 80)  # step schedule: epochs at which lr /= 10
+    device: str = "auto"  # auto | cpu | cuda
+    devices: Optional[Tuple[str, ...]] = None  # explicit column placement, e.g. ("cuda:0", "cuda:1")
+    width: float = 1.0  # channel multiplier (1.0 = the paper's net)
+    init: str = "paper"  # paper | kaiming (small runs)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    lighting: float = 0.1  # Section 4.1: sigma of the PCA lighting alpha
+    val_every: int = 1  # epochs between validations
+    log_every: int = 20  # steps between metrics rows
+    checkpoint_every: int = 0  # steps between checkpoints besides each epoch end (0: epoch ends only)
+    num_threads: Optional[int] = None  # DALI threads
+    resume: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def save(self, run_dir) -> None:
+        tmp = os.path.join(run_dir, "config.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+        os.replace(tmp, os.path.join(run_dir, "config.json"))

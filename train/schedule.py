@@ -1,0 +1,65 @@
+"""Learning-rate schedules of Section 5.
+
+"The heuristic which we followed was to divide the learning rate by 10 when the validation error
+rate stopped improving with the current learning rate. The learning rate was initialized at 0.01
+and reduced three times prior to termination."
+"""
+
+
+class PlateauSchedule:
+    """Divide the rate by 10 after `patience` validations without improvement, at most `drops` times."""
+
+    def __init__(self, lr, drops=3, patience=2, min_delta=1e-4):
+        self.lr, self.drops, self.patience, self.min_delta = lr, drops, patience, min_delta
+        self.best = float("inf")
+        self.bad = 0
+        self.dropped = 0
+
+    def on_epoch(self, epoch):
+        return self.lr
+
+    def on_validation(self, error):
+        if error < self.best - self.min_delta:
+            self.best, self.bad = error, 0
+        else:
+            self.bad += 1
+            if self.bad >= self.patience and self.dropped < self.drops:
+                self.lr /= 10
+                self.dropped += 1
+                self.bad = 0
+        return self.lr
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, d):
+        vars(self).update(d)
+
+
+class StepSchedule:
+    """Divide the rate by 10 at fixed epochs (a reproducible stand-in for the manual heuristic)."""
+
+    def __init__(self, lr, steps=(30, 60, 80)):
+        self.base, self.steps = lr, tuple(steps)
+        self.lr = lr
+
+    def on_epoch(self, epoch):
+        self.lr = self.base * 0.1 ** sum(epoch >= s for s in self.steps)
+        return self.lr
+
+    def on_validation(self, error):
+        return self.lr
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, d):
+        vars(self).update(d)
+
+
+def make_schedule(name, lr, drops=3, patience=2, steps=(30, 60, 80)):
+    if name == "plateau":
+        return PlateauSchedule(lr, drops=drops, patience=patience)
+    if name == "step":
+        return StepSchedule(lr, steps=steps)
+    raise ValueError(f"--schedule must be 'plateau' or 'step', not {name!r}")

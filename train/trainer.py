@@ -1,0 +1,263 @@
+"""The training loop of Section 5, one model replica per process (DESIGN.md Contract 3).
+
+One process trains one two-column AlexNet (model parallel over two GPUs, or one GPU, or the CPU);
+`torchrun` starts one process per replica and DistributedDataParallel averages the gradients.
+Outputs go to the run directory: config.json, metrics.jsonl, checkpoint-<step>.pt, last.pt.
+"""
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.config import TrainConfig
+from train.evaluate import autocast_for, evaluate, from_counts
+from train.model import AlexNet
+from train.optim import PaperSGD, param_groups
+from train.schedule import make_schedule
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_devices(cfg: TrainConfig, local_rank: int = 0):
+    """(column devices or None for CPU, the device that holds the input and the logits)."""
+    if cfg.devices:
+        devices = tuple(cfg.devices)
+        return devices, torch.device(devices[0])
+    kind = cfg.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return None, torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible (use --device cpu)")
+    n = torch.cuda.device_count()
+    if n >= 2 * (local_rank + 1):  # Section 3.2: one column per GPU, GPUs 2r and 2r+1
+        devices = (f"cuda:{2 * local_rank}", f"cuda:{2 * local_rank + 1}")
+    else:
+        devices = (f"cuda:{local_rank % n}",)
+    return devices, torch.device(devices[0])
+
+
+class MetricsLog:
+    def __init__(self, path, enabled=True):
+        self.path, self.enabled = path, enabled
+
+    def write(self, row):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _rng_state():
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, progress=True):
+        from pipeline import build_loader  # the only seam to the data: train never opens a tar
+
+        self.cfg = cfg
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        self.devices, self.device = resolve_devices(cfg, self.local_rank)
+        self.cuda = self.device.type == "cuda"
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.cuda else "gloo")
+
+        torch.manual_seed(cfg.seed + self.rank)  # dropout differs per replica; weights are broadcast by DDP
+        from shards import Manifest
+
+        self.manifest = Manifest.load(cfg.shards)
+        self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
+        common = dict(device=self.device.type if not self.cuda else str(self.device), rank=self.rank,
+                      world_size=self.world, seed=cfg.seed, num_threads=cfg.num_threads,
+                      memory_format=self.memory_format)
+        self.train_loader = build_loader(cfg.shards, "train", cfg.batch_size, lighting=cfg.lighting, **common)
+        self.val_loader = (
+            build_loader(cfg.shards, "val", cfg.batch_size, **common) if "val" in self.manifest.splits else None
+        )
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every replica
+        self.model = AlexNet(self.manifest.num_classes, devices=self.devices, width=cfg.width, init=cfg.init)
+        if self.devices is None:
+            self.model.to(memory_format=self.memory_format)
+        elif self.cuda and cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = PaperSGD(
+            param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
+        )
+        self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.lr_drops, cfg.patience, cfg.lr_steps)
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model)  # device_ids=None: a multi-device module
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0  # batches of `epoch` already trained (for mid-epoch resume)
+        os.makedirs(cfg.out, exist_ok=True)
+        self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
+        if cfg.resume:
+            self._resume()
+        elif self.main:
+            cfg.save(cfg.out)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def _state(self):
+        return {
+            "model": self.model.state_dict(),
+            "model_config": dict(self.model.config),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": _rng_state(),
+            "train_config": dict(vars(self.cfg)),
+            "classes": [c.wnid for c in self.manifest.classes],
+        }
+
+    def save(self):
+        if self.main:
+            save_checkpoint(self.cfg.out, self._state())
+
+    def _resume(self):
+        path = os.path.join(self.cfg.out, "last.pt")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--resume: {path} does not exist (start without --resume)")
+        state = load_checkpoint(path)
+        if state["model_config"]["width"] != self.cfg.width or state["model_config"]["init"] != self.cfg.init:
+            raise ValueError(f"--resume: {path} was trained with other model settings {state['model_config']}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        _set_rng_state(state["rng"])
+
+    # --- the loop ------------------------------------------------------------------------
+    def _set_lr(self, lr):
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def train_step(self, images, labels):
+        with autocast_for(self.device, self.cfg.amp):
+            logits = self.net(images)
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def done(self):
+        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+
+    def fit(self):
+        cfg = self.cfg
+        while self.epoch < cfg.epochs and not self.done():
+            self._set_lr(self.schedule.on_epoch(self.epoch))
+            self.train_epoch()
+            if self.batch_in_epoch < len(self.train_loader):  # stopped mid-epoch by --max-steps
+                self.save()
+                break
+            finished_epoch = self.epoch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            if self.val_loader is not None and (finished_epoch + 1) % cfg.val_every == 0:
+                result = self.validate()
+                self._set_lr(self.schedule.on_validation(result["top1_error"]))
+                self.metrics.write({"step": self.step, "epoch": finished_epoch, **result,
+                                    "lr": self.optimizer.param_groups[0]["lr"]})
+            self.save()
+        return self
+
+    def validate(self):
+        r = evaluate(self.net, self.val_loader, self.device, amp=self.cfg.amp)
+        if self.world > 1:
+            counts = torch.tensor(r["counts"], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(counts)
+            r = from_counts(*counts.tolist())
+        r.pop("counts", None)
+        return r
+
+    def train_epoch(self):
+        cfg = self.cfg
+        loader = self.train_loader
+        loader.set_epoch(self.epoch)
+        skip = self.batch_in_epoch
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {self.epoch}", unit="batch",
+                       dynamic_ncols=True, leave=False)
+        window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
+        losses = []
+        it = iter(loader)
+        for _ in range(skip):  # resume mid-epoch: the draws of epoch e are a function of (seed, rank, e)
+            next(it)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                images, labels = next(it)
+            except StopIteration:
+                break
+            window_wait += time.perf_counter() - t0
+            loss = self.train_step(images, labels)
+            self.step += 1
+            self.batch_in_epoch += 1
+            window_images += images.shape[0]
+            losses.append(loss.detach())
+            if self.step % cfg.log_every == 0 or self.done():
+                mean_loss = torch.stack(losses).float().mean().item()  # one sync per window
+                losses = []
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(
+                        f"loss is {mean_loss} at step {self.step}; stopped, the last good checkpoint is "
+                        f"{os.path.join(cfg.out, 'last.pt')} (try a lower --lr)"
+                    )
+                elapsed = time.perf_counter() - window_start
+                row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss,
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       "images_per_s": window_images * self.world / elapsed,
+                       "data_wait": window_wait / elapsed}
+                self.metrics.write(row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{row['images_per_s']:.0f}",
+                                    wait=f"{100 * row['data_wait']:.0f}%")
+                window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save()
+            if self.done():
+                break
+        if bar is not None:
+            bar.close()
+        if losses:  # a check of the tail of the epoch too
+            tail = torch.stack(losses).float().mean().item()
+            if not math.isfinite(tail):
+                raise TrainingDiverged(f"loss is {tail} at step {self.step}; stopped, last good checkpoint kept")
