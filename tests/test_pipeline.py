@@ -305,3 +305,20 @@ def test_errors(shards, tmp_path, monkeypatch):
     with pytest.raises(DALINotInstalled) as e:
         build_loader(shards, "val", B)
     assert str(e.value) == DALI_MISSING and isinstance(e.value, ImportError)
+
+
+@needs_dali
+def test_next_epoch_built_in_background_equals_a_fresh_one(shards):
+    """The pipeline of epoch e+1, prepared while epoch e runs, yields what a fresh loader does."""
+    chained = dali(shards, "train")
+    assert not chained.prepare_next  # default off on the CPU
+    chained.prepare_next = True
+    epoch(chained)  # epoch 0; prepares epoch 1 in the background
+    assert chained._next is not None and chained._next[0] == 1
+    x1, y1 = epoch(chained)
+    fresh = dali(shards, "train")
+    fresh.prepare_next = False
+    fresh.set_epoch(1)
+    x2, y2 = epoch(fresh)
+    assert torch.equal(y1, y2) and torch.equal(x1, x2)
+    assert fresh._next is None
