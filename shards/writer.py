@@ -96,9 +96,14 @@ class ShardWriter:
         info.mode = 0o644
         info.uid = info.gid = 0
         info.uname = info.gname = ""
-        header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
-        offset = self._tar.offset + len(header)  # data starts right after the header blocks
-        self._tar.addfile(info, io.BytesIO(data))
+        tar = self._tar
+        header = info.tobuf(tar.format, tar.encoding, tar.errors)
+        offset = tar.offset + len(header)  # data starts right after the header blocks
+        # What TarFile.addfile writes (header, data, NUL padding to a block), without building
+        # the header a second time: ~2x faster per sample, the same bytes.
+        blocks, rest = divmod(len(data), tarfile.BLOCKSIZE)
+        tar.fileobj.write(header + data + (tarfile.NUL * (tarfile.BLOCKSIZE - rest) if rest else b""))
+        tar.offset = offset + (blocks + (1 if rest else 0)) * tarfile.BLOCKSIZE
         return offset
 
     def close(self):

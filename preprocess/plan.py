@@ -1,0 +1,134 @@
+"""The settings of a preprocessing job and its global shard plan.
+
+The plan is a pure function of the file list and the settings: the training files, sorted by
+path, are permuted by `numpy.random.default_rng(seed)`; validation stays sorted. Item p of a
+split (its global position) goes to shard p // shard_size and, if it decodes, is written under
+the key `sample_key(split, p)`. A failed file leaves a gap in the keys but moves nothing else,
+so every shard depends only on its own files: any worker count, a resume, or `--part i/N`
+(the shards n with n % N == i) produce the same bytes for the same shard.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from preprocess.scan import Item, Source
+from shards.writer import shard_stem
+
+DEFAULT_SHARD_SIZE = 1000  # images per shard: ~25 MB tars at q90, 1,282 training shards for ImageNet
+DEFAULT_QUALITY = 90
+CHUNK = 128  # images per worker task; several per shard keep all workers busy and memory bounded
+
+
+@dataclass(frozen=True)
+class Part:
+    """`--part i/N`: this machine writes the shards n with n % N == i."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Part":
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--part must look like i/N (e.g. 0/4), got {text!r}") from None
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError(f"--part {text}: need 0 <= i < N")
+        return cls(i, n)
+
+    def owns(self, number: int) -> bool:
+        return number % self.count == self.index
+
+    def __str__(self):
+        return f"{self.index}/{self.count}"
+
+
+@dataclass
+class Settings:
+    """Everything `alexnet preprocess` was asked to do (built from the click options)."""
+
+    src: str
+    out: str
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    shard_size: int = DEFAULT_SHARD_SIZE  # images
+    quality: int = DEFAULT_QUALITY  # JPEG quality of the written images, 1..100
+    seed: int = 0  # training order
+    split: str = "all"  # train | val | all
+    limit: Optional[int] = None  # first N files of each split (after ordering); None: all
+    max_errors: Optional[int] = None  # exit 1 when more files fail; None: never
+    part: Optional[Part] = None
+    resize_filter: str = "bilinear"  # antialiased Pillow filter: bilinear | bicubic
+    size: int = 256  # pixels, the side of the written images
+
+    @property
+    def splits(self):
+        return ("train", "val") if self.split == "all" else (self.split,)
+
+    def params(self, chroma: str) -> dict:
+        """The settings that determine the bytes of the shards (manifest `params`)."""
+        return {
+            "size": self.size,
+            "quality": self.quality,
+            "resize_filter": self.resize_filter,
+            "chroma_subsampling": chroma,
+            "seed": self.seed,
+            "source_root": os.path.abspath(self.src),
+            "shard_size": self.shard_size,
+            "limit": self.limit,
+            "part": str(self.part) if self.part else None,
+        }
+
+
+@dataclass
+class ShardTask:
+    split: str
+    number: int  # global shard number within the split
+    start: int  # global position of items[0]
+    items: List[Item]
+
+    @property
+    def stem(self) -> str:
+        return shard_stem(self.split, self.number)
+
+    def chunks(self, size: int = CHUNK):
+        """[(position, item)] slices of about `size`, in order."""
+        n = len(self.items)
+        k = max(1, -(-n // size))
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        return [
+            [(self.start + j, self.items[j]) for j in range(bounds[i], bounds[i + 1])] for i in range(k)
+        ]
+
+
+def ordered(items: List[Item], split: str, seed: int, limit: Optional[int] = None) -> List[Item]:
+    """Write order: training globally shuffled by `seed`, validation sorted; then `limit`."""
+    items = sorted(items, key=lambda it: it.path)
+    if split == "train":
+        perm = np.random.default_rng(seed).permutation(len(items))
+        items = [items[i] for i in perm]
+    return items[:limit] if limit is not None else items
+
+
+@dataclass
+class Plan:
+    files: Dict[str, List[Item]]  # split -> items in write order
+    shards: Dict[str, List[ShardTask]]  # split -> every shard of the job (all parts)
+
+    def owned(self, split: str, part: Optional[Part]) -> List[ShardTask]:
+        return [s for s in self.shards[split] if part is None or part.owns(s.number)]
+
+
+def make_plan(source: Source, settings: Settings) -> Plan:
+    files, shards = {}, {}
+    for split in settings.splits:
+        if split not in source.splits:
+            continue
+        items = ordered(source.splits[split], split, settings.seed, settings.limit)
+        files[split] = items
+        size = settings.shard_size
+        shards[split] = [
+            ShardTask(split, n, n * size, items[n * size : (n + 1) * size]) for n in range(-(-len(items) // size))
+        ]
+    return Plan(files, shards)

@@ -1,0 +1,158 @@
+"""Find the images of an ILSVRC-2012 folder and their labels.
+
+Layout (the Kaggle "LOC" release nests the same under ILSVRC/Data/CLS-LOC/; both are found):
+
+    SRC/train/<wnid>/*                   class index = position of wnid in the sorted list
+    SRC/val/<wnid>/*                     validation in class folders, or
+    SRC/val/*  + SRC/LOC_val_solution.csv  flat; the label is the first wnid of PredictionString
+    SRC/LOC_synset_mapping.txt           optional "<wnid> <name>" lines: class names
+
+Files are matched by extension in any case (.JPEG, .jpg, .png, ...); hidden files are skipped.
+A validation file without a usable label is kept as an item with label -1 and a reason, so it
+is reported in errors.jsonl at its place like any damaged file.
+"""
+import csv
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+IMAGE_EXTS = {".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLITS = ("train", "val")
+KAGGLE_ROOT = os.path.join("ILSVRC", "Data", "CLS-LOC")
+
+
+class ScanError(ValueError):
+    """SRC is not an ImageNet layout; the message says what is missing."""
+
+
+@dataclass(frozen=True, slots=True)  # 1.28 M of them for ImageNet
+class Item:
+    path: str  # relative to SRC, '/'-separated
+    label: int  # class index; -1 when unlabelled (see `problem`)
+    wnid: str = ""
+    problem: str = ""  # why this file cannot be used, known before reading it
+
+
+@dataclass
+class Source:
+    root: str  # absolute SRC
+    wnids: List[str]  # sorted; index = class
+    names: Dict[str, str]
+    splits: Dict[str, List[Item]] = field(default_factory=dict)  # sorted by path
+
+    def fingerprint(self, items: List[Item]) -> str:
+        """sha256 over the (path, label) list, in the given order."""
+        h = hashlib.sha256()
+        for it in items:
+            h.update(f"{it.path}\t{it.label}\n".encode())
+        return h.hexdigest()
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTS
+
+
+def _images(folder: str) -> List[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_file() and _is_image(e.name))
+
+
+def _subdirs(folder: str) -> List[str]:
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+
+
+def find_root(src: str) -> Tuple[str, str]:
+    """(folder holding train/ and val/, its path relative to SRC: '' or the Kaggle nesting)."""
+    if not os.path.isdir(src):
+        raise ScanError(f"{src}: no such folder")
+    for rel in ("", KAGGLE_ROOT):
+        if os.path.isdir(os.path.join(src, rel, "train")):
+            return os.path.join(src, rel), rel
+    raise ScanError(f"{src}: no train/ folder (expected the ILSVRC-2012 layout SRC/train/<wnid>/*.JPEG)")
+
+
+def read_names(src: str) -> Dict[str, str]:
+    path = os.path.join(src, "LOC_synset_mapping.txt")
+    names = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                wnid, _, name = line.strip().partition(" ")
+                if wnid:
+                    names[wnid] = name.strip() or wnid
+    return names
+
+
+def read_val_solution(src: str) -> Dict[str, str]:
+    """ImageId -> wnid (the first one of PredictionString)."""
+    labels = {}
+    with open(os.path.join(src, "LOC_val_solution.csv"), newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            pred = (row.get("PredictionString") or "").split()
+            if row.get("ImageId") and pred:
+                labels[row["ImageId"]] = pred[0]
+    return labels
+
+
+def scan(src: str, splits=SPLITS) -> Source:
+    """The classes (from train/) and the items of each requested split present in SRC."""
+    src = os.path.abspath(src)
+    data, rel = find_root(src)
+    prefix = f"{rel.replace(os.sep, '/')}/" if rel else ""
+    wnids = _subdirs(os.path.join(data, "train"))
+    if not wnids:
+        raise ScanError(f"{os.path.join(data, 'train')}: no class folders (expected train/<wnid>/*.JPEG)")
+    source = Source(root=src, wnids=wnids, names=read_names(src))
+    index = {w: i for i, w in enumerate(wnids)}
+    if "train" in splits:
+        items = [
+            Item(f"{prefix}train/{w}/{name}", index[w], w)
+            for w in wnids
+            for name in _images(os.path.join(data, "train", w))
+        ]
+        if not items:
+            raise ScanError(f"{os.path.join(data, 'train')}: no image files in the class folders")
+        source.splits["train"] = items
+    if "val" in splits and os.path.isdir(os.path.join(data, "val")):
+        items = _scan_val(src, data, prefix, index)
+        if items:
+            source.splits["val"] = items
+    return source
+
+
+def _scan_val(src: str, data: str, prefix: str, index: Dict[str, int]) -> List[Item]:
+    val = os.path.join(data, "val")
+    folders = _subdirs(val)
+    flat = _images(val)
+    items = []
+    for w in folders:  # class folders
+        for name in _images(os.path.join(val, w)):
+            label = index.get(w, -1)
+            problem = "" if label >= 0 else f"class folder {w} is not a training class"
+            items.append(Item(f"{prefix}val/{w}/{name}", label, w, problem))
+    if flat:
+        solution = _solution_for(src, data)
+        if solution is None:
+            raise ScanError(
+                f"{val} holds images but no LOC_val_solution.csv was found next to it "
+                "(needed for their labels); use --split train to skip validation"
+            )
+        for name in flat:
+            w = solution.get(os.path.splitext(name)[0])
+            label = index.get(w, -1) if w else -1
+            problem = ""
+            if w is None:
+                problem = "no label in LOC_val_solution.csv"
+            elif label < 0:
+                problem = f"LOC_val_solution.csv labels it {w}, not a training class"
+            items.append(Item(f"{prefix}val/{name}", label, w or "", problem))
+    return sorted(items, key=lambda it: it.path)
+
+
+def _solution_for(src: str, data: str) -> Optional[Dict[str, str]]:
+    for folder in (src, data):
+        if os.path.exists(os.path.join(folder, "LOC_val_solution.csv")):
+            return read_val_solution(folder)
+    return None

@@ -1,0 +1,153 @@
+"""One source file -> one 256×256 RGB image -> one baseline JPEG (DESIGN.md, Contract 1).
+
+Geometry, exactly: for a w×h source, s = size/min(w, h); the resized image is
+W×H = (round(w·s), round(h·s)), at least size each; the crop's top-left corner is
+((W−size)//2, (H−size)//2). `round` is Python's (half to even).
+
+Speed (one core, ImageNet-like photos): instead of resizing the whole image and cropping,
+  1. JPEGs (YCbCr, grayscale, RGB) are decoded by libjpeg-turbo (simplejpeg) with DCT-domain
+     scaling by M/8 to the smallest size that still covers W×H, so a large photo is never
+     materialised at full resolution (measured: 2.1 ms full decode -> 1.3-2.0 ms);
+  2. only the box of the (scaled) source that maps onto the crop is resampled, with one of
+     Pillow's antialiased filters (its support widens with the reduction), in one call:
+     `Image.resize(size, box=...)` reads the pixels around the box too, so the result equals
+     the crop of the full resize (bit-exact when nothing was DCT-scaled);
+  3. the decoded buffer is handed to Pillow without a copy (RGBX) and the result is encoded by
+     libjpeg-turbo (simplejpeg), baseline, 4:2:0 chroma like Pillow's default.
+The default filter is bilinear (a triangle filter, torchvision's `Resize(antialias=True)`):
+Pillow's resampler is scalar C and bicubic costs ~1.5 ms per image against ~1.0 ms; after q90
+JPEG encoding the two differ by ~0.5 dB PSNR against a bicubic reference (35.4 vs 35.9 dB).
+The box is always computed from the ORIGINAL w, h, so decoding at a reduced scale never changes
+the geometry. Everything else (PNG named .JPEG, CMYK/YCCK JPEG, palette, RGBA, 16-bit, files
+libjpeg-turbo only warns about) goes through Pillow at full resolution, decoded by content.
+
+Damaged files raise `BadImage`; truncated data is never padded: simplejpeg runs in strict mode
+(a premature end of data is an error) and Pillow's `ImageFile.LOAD_TRUNCATED_IMAGES` stays False.
+"""
+import io
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+import simplejpeg
+from PIL import Image, ImageFile
+
+IMAGE_SIZE = 256
+FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}  # antialiased
+DEFAULT_FILTER = "bilinear"
+CHROMA_SUBSAMPLING = "420"
+_FAST_COLORSPACES = ("YCbCr", "Gray", "RGB")  # what libjpeg-turbo converts to RGB itself
+_JPEG_SOI = b"\xff\xd8\xff"
+
+
+class BadImage(ValueError):
+    """A source file that cannot be turned into an image; the message is the reason."""
+
+
+class Geometry(NamedTuple):
+    width: int  # W: the whole resized image
+    height: int  # H
+    left: int  # crop corner in the resized image
+    top: int
+
+
+def geometry(w: int, h: int, size: int = IMAGE_SIZE) -> Geometry:
+    """The exact resize and crop of a w×h source (DESIGN.md, Contract 1)."""
+    s = size / min(w, h)
+    W, H = max(size, round(w * s)), max(size, round(h * s))
+    return Geometry(W, H, (W - size) // 2, (H - size) // 2)
+
+
+def crop_box(w: int, h: int, size: int = IMAGE_SIZE, scale: float = 1.0, limit=None):
+    """The box of the source (in pixels of the source decoded at `scale`) that maps onto the crop.
+
+    `limit` (width, height of the decoded source) clips float rounding at the far edges.
+    """
+    g = geometry(w, h, size)
+    fx, fy = scale * w / g.width, scale * h / g.height
+    x1, y1 = (g.left + size) * fx, (g.top + size) * fy
+    if limit is not None:
+        x1, y1 = min(x1, limit[0]), min(y1, limit[1])
+    return (g.left * fx, g.top * fy, x1, y1)
+
+
+def load(data: bytes, size: int = IMAGE_SIZE, resize_filter: str = DEFAULT_FILTER):
+    """Decode `data` (any format, by content) to the size×size crop, resampled by `resize_filter`.
+
+    Returns (pixels, (w, h)): pixels is uint8 size×size×4 RGBX (channel 3 is padding; the image
+    is `pixels[..., :3]`), (w, h) the source size. Raises BadImage.
+    """
+    if not data:
+        raise BadImage("empty file")
+    resample = FILTERS[resize_filter]
+    if data.startswith(_JPEG_SOI):
+        try:
+            return _load_jpeg(data, size, resample)
+        except ValueError:
+            pass  # CMYK, or a warning in strict mode (e.g. extraneous bytes): let Pillow judge
+    return _load_pil(data, size, resample)
+
+
+def _load_jpeg(data: bytes, size: int, resample):
+    h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    if colorspace not in _FAST_COLORSPACES:
+        raise ValueError(colorspace)
+    g = geometry(w, h, size)
+    # smallest M/8 scale whose output still covers W×H (no upscaling: M <= 8)
+    rgbx = simplejpeg.decode_jpeg(data, colorspace="RGBX", min_height=g.height, min_width=g.width)
+    dh, dw = rgbx.shape[:2]
+    m = max(1, min(8, round(8 * dw / w)))
+    scale = m / 8 if (-(-w * m // 8), -(-h * m // 8)) == (dw, dh) else dw / w
+    im = Image.frombuffer("RGBX", (dw, dh), rgbx, "raw", "RGBX", 0, 1)  # shares rgbx's memory
+    out = im.resize((size, size), resample, box=crop_box(w, h, size, scale, (dw, dh)))
+    return np.asarray(out), (w, h)
+
+
+def _load_pil(data: bytes, size: int, resample):
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # set by someone else in this process: it would pad silently
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; truncated images must not be padded")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette transparency, EXIF and similar chatter
+            im = Image.open(io.BytesIO(data))
+            im.load()
+            w, h = im.size
+            rgb = to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"too large ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadImage(_reason(e)) from None
+    if min(w, h) < 1:
+        raise BadImage(f"empty image {w}x{h}")
+    out = rgb.resize((size, size), resample, box=crop_box(w, h, size))
+    return np.asarray(out.convert("RGBX")), (w, h)
+
+
+def _reason(e: Exception) -> str:
+    msg = str(e)
+    if "cannot identify image file" in msg:
+        return "not an image (unknown format)"
+    if "truncated" in msg or isinstance(e, EOFError):
+        return f"truncated ({msg})" if msg else "truncated"
+    return msg or type(e).__name__
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of any Pillow mode: 16-bit grey (I;16*, and I, as Pillow opens 16-bit PNGs) scaled to
+    8 bits rather than clipped, alpha dropped (as the usual `convert("RGB")` loaders do),
+    palette, CMYK and YCbCr converted by Pillow."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        grey = np.clip((a * 255 + 32767) // 65535, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if im.mode == "F":
+        return Image.fromarray(np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def encode(pixels: np.ndarray, quality: int) -> bytes:
+    """Baseline (non-progressive) JPEG of an RGBX or RGB uint8 image, 4:2:0 chroma."""
+    colorspace = "RGBX" if pixels.shape[2] == 4 else "RGB"
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(pixels), quality, colorspace, CHROMA_SUBSAMPLING)

@@ -1,0 +1,55 @@
+"""The work of one process: a chunk of files -> encoded samples, errors and pixel sums.
+
+Runs in the worker processes (or in the main one with --workers 1). Pure: the same chunk gives
+the same result in any process, which is what makes the shards independent of --workers.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from preprocess.sums import PixelSums
+from preprocess.transform import BadImage, encode, load
+from shards.stats import StatSums
+
+_config = {}
+
+
+def init(root: str, size: int, quality: int, resize_filter: str) -> None:
+    """Per-process settings (ProcessPoolExecutor initializer)."""
+    _config.update(root=root, size=size, quality=quality, resize_filter=resize_filter)
+
+
+@dataclass
+class ChunkResult:
+    split: str
+    samples: List[Tuple[int, bytes, int, dict]] = field(default_factory=list)  # position, jpeg, label, meta
+    errors: List[dict] = field(default_factory=list)  # {"split", "position", "path", "reason"}
+    sums: Optional[StatSums] = None  # training chunks only; pixel_sum as uint32 to halve the transfer
+
+
+def process_chunk(split: str, chunk) -> ChunkResult:
+    """chunk: [(position, scan.Item)] -> ChunkResult (statistics only for the training split)."""
+    root, size, quality, resize_filter = (_config[k] for k in ("root", "size", "quality", "resize_filter"))
+    result = ChunkResult(split)
+    sums = PixelSums(size) if split == "train" else None
+    for position, item in chunk:
+        try:
+            if item.problem:
+                raise BadImage(item.problem)
+            with open(os.path.join(root, item.path), "rb") as f:
+                data = f.read()
+            pixels, (w, h) = load(data, size, resize_filter)
+            jpeg = encode(pixels, quality)
+        except Exception as e:  # one bad file must not stop 1.28 M others; it is reported
+            reason = str(e) if isinstance(e, (BadImage, OSError)) else f"{type(e).__name__}: {e}"
+            result.errors.append({"split": split, "position": position, "path": item.path, "reason": reason})
+            continue
+        if sums is not None:
+            sums.add(pixels)
+        result.samples.append((position, jpeg, item.label, {"src": item.path, "wnid": item.wnid, "size": [w, h]}))
+    if sums is not None:
+        result.sums = sums.stat_sums()
+        result.sums.pixel_sum = result.sums.pixel_sum.astype(np.uint32)  # exact: <= 255 · len(chunk)
+    return result
