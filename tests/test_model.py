@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.model import AlexNet, count_parameters
+from train.model import INPUT_STD, AlexNet, count_parameters
 from train.optim import PaperSGD, param_groups
 
 # Parameters from the paper's layer shapes (Section 3.5, Figure 2), weights + biases, at width 1.
@@ -157,7 +157,10 @@ def test_kaiming_init():
     torch.manual_seed(0)
     model = AlexNet(num_classes=100, width=0.5, init="kaiming")
     col = model.columns[0]
-    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+    w = col.conv1.weight  # fan-in Kaiming scaled down by the paper's input std (0-255 scale)
+    fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+    assert w.std().item() == pytest.approx(math.sqrt(2 / fan_in) / INPUT_STD, rel=0.1)
+    for name in ("conv2", "conv3", "conv4", "conv5"):
         w = getattr(col, name).weight
         fan_out = w.shape[0] * w.shape[2] * w.shape[3]
         assert w.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1), name

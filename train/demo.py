@@ -14,7 +14,7 @@ import click
 # width the paper's N(0, 0.01) init does not start learning for hundreds of steps (DESIGN.md,
 # Contract 3), so the demo uses Kaiming init and says so.
 DEMO = dict(classes=10, train_per_class=100, val_per_class=20, width=0.25, init="kaiming", batch_size=32,
-            lr=0.02, epochs=12, lighting=0.1)
+            lr=0.0007, epochs=20, lighting=0.1)
 
 
 def _step(title):

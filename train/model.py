@@ -20,6 +20,7 @@ CONV_CHANNELS = (96, 256, 384, 384, 256)
 FC_HIDDEN = 4096
 POOLED_SIZE = 6          # spatial size after the third max-pool: 55 -> 27 -> 13 -> 6
 INITS = ("paper", "kaiming")
+INPUT_STD = 64.0         # rough std of the paper's input (0-255 minus the mean image), for kaiming
 
 
 def _per_column(full: int, width: float) -> int:
@@ -158,9 +159,13 @@ def _init_weights(model: AlexNet, init: str):
                 layer.weight.normal_(0.0, 0.01)
                 layer.bias.fill_(1.0 if name in ones else 0.0)
                 continue
-            if isinstance(layer, nn.Conv2d):
-                # fan_out (as torchvision's ReLU convnets): for conv1 this also keeps the
-                # paper's 0-255 input scale from blowing up the first maps.
+            if name == "conv1":
+                # Kaiming assumes unit-variance input; the paper's input (0-255 values minus the
+                # mean image) has a std of about 60 (ImageNet: 0.23 x 255), so conv1 is scaled
+                # down by INPUT_STD to keep every layer near unit scale.
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                layer.weight.div_(INPUT_STD)
+            elif isinstance(layer, nn.Conv2d):
                 nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             elif name == "fc8":                              # no ReLU after: unit gain
                 nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="linear")

@@ -235,10 +235,7 @@ class Trainer:
                 mean_loss = torch.stack(losses).float().mean().item()  # one sync per window
                 losses = []
                 if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"loss is {mean_loss} at step {self.step}; stopped, the last good checkpoint is "
-                        f"{os.path.join(cfg.out, 'last.pt')} (try a lower --lr)"
-                    )
+                    raise TrainingDiverged(self._diverged(mean_loss))
                 elapsed = time.perf_counter() - window_start
                 row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss,
                        "lr": self.optimizer.param_groups[0]["lr"],
@@ -260,4 +257,9 @@ class Trainer:
         if losses:  # a check of the tail of the epoch too
             tail = torch.stack(losses).float().mean().item()
             if not math.isfinite(tail):
-                raise TrainingDiverged(f"loss is {tail} at step {self.step}; stopped, last good checkpoint kept")
+                raise TrainingDiverged(self._diverged(tail))
+
+    def _diverged(self, loss):
+        last = os.path.join(self.cfg.out, "last.pt")
+        kept = f"the last good checkpoint is {last}" if os.path.exists(last) else "no checkpoint had been written yet"
+        return f"loss is {loss} at step {self.step}; stopped, {kept} (try a lower --lr)"
