@@ -146,9 +146,10 @@ class DaliLoader:
     num_threads: int = 1
     prefetch: int = 2
     epoch: int = 0
-    # Build the next epoch's pipeline in the background: on by default on the GPU, where a fresh
-    # pipeline took ~2 s to its first batch on an H200; off on the CPU, where the build competes
-    # with the running epoch for the same cores (measured on 2 cores: no gain).
+    # Build the next epoch's pipeline in the background: on by default for training loaders on the
+    # GPU, where a fresh pipeline took ~2 s to its first batch on an H200; off on the CPU, where
+    # the build competes with the running epoch for the same cores (measured on 2 cores: no gain),
+    # and for validation loaders, which are read once between training epochs.
     prepare_next: bool = None
     _next: object = field(default=None, repr=False)  # (epoch, Future of (pipeline, iterator))
     _builder: object = field(default=None, repr=False)
@@ -217,8 +218,8 @@ class DaliLoader:
         return source
 
     def __post_init__(self):
-        if self.prepare_next is None:
-            self.prepare_next = self.device.type == "cuda"
+        if self.prepare_next is None:  # training loaders on the GPU: read epoch after epoch
+            self.prepare_next = self.device.type == "cuda" and self.options.shuffle
 
     def _open(self, epoch):
         """(pipeline, iterator) of an epoch; the iterator starts filling its buffers at once."""
@@ -244,16 +245,28 @@ class DaliLoader:
         self.epoch += 1
         plan = self.plan(epoch)
         ready, self._next = self._next, None
-        pipe, it = ready[1].result() if ready is not None and ready[0] == epoch else self._open(epoch)
+        if ready is not None and ready[0] == epoch:
+            pipe, it = ready[1].result()
+        else:
+            if ready is not None:  # set_epoch jumped: drop the pipeline built for another epoch
+                ready[1].cancel()
+            pipe, it = self._open(epoch)
+        ready = None
         try:
             for b, batch in enumerate(it):
                 if b >= plan.batches:
                     break
                 if b == 0 and self.prepare_next:
                     self._prepare(self.epoch)  # the epoch a plain loop iterates next
-                yield self._finish(batch[0]["images"]), parse_labels(batch[0]["labels"]).to(self.device)
+                yield self._finish(batch[0]["images"]), self._labels(batch[0]["labels"])
         finally:
             del it, pipe
+
+    def _labels(self, raw: torch.Tensor) -> torch.Tensor:
+        labels = parse_labels(raw)
+        if self.device.type == "cuda":  # pinned + non-blocking: no host sync per batch
+            return labels.pin_memory().to(self.device, non_blocking=True)
+        return labels
 
     def _finish(self, images: torch.Tensor) -> torch.Tensor:
         if self.dtype == torch.bfloat16:

@@ -5,6 +5,7 @@ step, position in the epoch, RNG states) and everything `eval` and `figures` nee
 model (`model_config`: num_classes, width, init), so those commands take no other arguments.
 """
 import os
+import shutil
 
 import torch
 
@@ -13,12 +14,18 @@ def save_checkpoint(run_dir, state: dict) -> str:
     """Write `checkpoint-<step>.pt` atomically and point `last.pt` at it; returns the path."""
     path = os.path.join(run_dir, f"checkpoint-{state['step']:08d}.pt")
     tmp = path + ".tmp"
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     last, last_tmp = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "last.pt.tmp")
     if os.path.exists(last_tmp):
         os.remove(last_tmp)
-    os.link(path, last_tmp)  # same bytes, no second write
+    try:
+        os.link(path, last_tmp)  # same bytes, no second write
+    except OSError:  # file systems without hard links
+        shutil.copyfile(path, last_tmp)
     os.replace(last_tmp, last)
     return path
 

@@ -16,6 +16,26 @@ def _devices(value):
     return devs
 
 
+def _resolve_device(device):
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible (use --device cpu)")
+    return device
+
+
+def _loader(*args, **kwargs):
+    """build_loader with its user-facing errors (bad sizes, a missing DALI) as one line, exit 2."""
+    from pipeline import build_loader
+
+    try:
+        return build_loader(*args, **kwargs)
+    except (ValueError, ImportError) as e:
+        raise UserError(str(e)) from None
+
+
 def _check_shards(shards, split=None):
     from shards import Manifest, ManifestError
 
@@ -81,15 +101,18 @@ def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width
                       num_threads=threads)
     try:
         trainer = Trainer(cfg)
-        if trainer.main:
-            where = ", ".join(trainer.devices) if trainer.devices else "cpu"
-            click.echo(f"train: width {width}, init {init}, batch {batch_size} x {trainer.world} replica(s) on "
-                       f"{where}; {len(trainer.train_loader)} batches/epoch; run dir {out}", err=True)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # settings, shards, a missing DALI
+        raise UserError(str(e)) from None
+    if trainer.main:
+        where = ", ".join(trainer.devices) if trainer.devices else "cpu"
+        click.echo(f"train: width {width}, init {init}, batch {batch_size} x {trainer.world} replica(s) on "
+                   f"{where}; {len(trainer.train_loader)} batches/epoch; run dir {out}", err=True)
+    try:
         trainer.fit()
     except TrainingDiverged as e:
         raise click.ClickException(str(e)) from None
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(str(e)) from None
+    finally:
+        trainer.close()
     if trainer.main:
         click.echo(f"train: done at step {trainer.step} (epoch {trainer.epoch}); last checkpoint {out}/last.pt")
 
@@ -109,22 +132,20 @@ def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
       alexnet eval /data/shards runs/paper/last.pt
       alexnet eval /data/shards runs/paper/last.pt --ten-crop --json
     """
-    import torch
-
-    from pipeline import build_loader
     from train.checkpoint import model_from_checkpoint
     from train.evaluate import evaluate as run_eval
 
     m = _check_shards(shards, "val")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _resolve_device(device)
     try:
         model, state = model_from_checkpoint(checkpoint, devices=None if device == "cpu" else (device,))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    if model.config["num_classes"] != m.num_classes:
-        raise UserError(f"{checkpoint} has {model.config['num_classes']} classes, {shards} has {m.num_classes}")
-    loader = build_loader(shards, "val", batch_size, device=device, ten_crop=ten_crop)
+    wnids = [c.wnid for c in m.classes]
+    if model.config["num_classes"] != m.num_classes or state.get("classes", wnids) != wnids:
+        raise UserError(f"{checkpoint} was trained on other classes ({model.config['num_classes']}) than {shards} "
+                        f"has ({m.num_classes})")
+    loader = _loader(shards, "val", batch_size, device=device, ten_crop=ten_crop)
     r = run_eval(model, loader, device)
     r.pop("counts", None)
     r.update(ten_crop=ten_crop, step=state.get("step"))
@@ -154,13 +175,11 @@ def profile(shards, device, width, batch_size, batches, warmup, peer_workers, as
       alexnet profile /data/shards --device cuda --batch-size 256 --plot profile.png
       alexnet profile shards --device cpu --width 0.25 --batch-size 32 --batches 10 --json
     """
-    import torch
-
     from train.profile import format_table, plot_profile, run_profile
 
     _check_shards(shards, "train")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _resolve_device(device)
+    _loader(shards, "train", batch_size, device=device)  # one-line errors before any timing
     say = (lambda m: click.echo(m, err=True))
     r = run_profile(shards, device=device, width=width, batch_size=batch_size, batches=batches, warmup=warmup,
                     peer_workers=peer_workers, progress=say)
@@ -191,13 +210,10 @@ def figures(shards, checkpoint, out, device):
     Example:
       alexnet figures /data/shards runs/paper/last.pt --out runs/paper/figures
     """
-    import torch
-
     from train.figures import make_figures
 
     _check_shards(shards, "val")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _resolve_device(device)
     if not os.path.exists(checkpoint):
         raise UserError(f"{checkpoint}: no such checkpoint")
     os.makedirs(out, exist_ok=True)

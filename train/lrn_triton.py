@@ -273,6 +273,16 @@ def _geometry(x: torch.Tensor, *strides):
     return n, c, hw, list(strides)
 
 
+def _on_device(x: torch.Tensor):
+    """Make x's GPU the current device for a launch (column 2 lives on the second GPU). Under
+    torch.compile the generated code sets the device itself."""
+    import contextlib
+
+    if not x.is_cuda or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.cuda.device(x.device)
+
+
 def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     """The forward kernel alone (no autograd)."""
     x, sx = _as_flat(x)
@@ -282,11 +292,12 @@ def lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float)
     N, C, HW, (sx, sy) = _geometry(x, sx, _flat_strides(y))
     gather, bp, bc, nw = _launch_params(C, HW, "fwd")
     grid = (triton.cdiv(HW, bp), N, triton.cdiv(C, bc))
-    _lrn_fwd_kernel[grid](x, y, C, HW, *sx, *sy,
-                          float(alpha), float(beta), float(k),
-                          BEFORE=size // 2, AFTER=(size - 1) // 2,
-                          BLOCK_P=bp, BLOCK_C=bc, USE_GATHER=gather,
-                          BETA_IS_075=(beta == 0.75), num_warps=nw)
+    with _on_device(x):  # Triton launches on the current device and stream, not the tensor's
+        _lrn_fwd_kernel[grid](x, y, C, HW, *sx, *sy,
+                              float(alpha), float(beta), float(k),
+                              BEFORE=size // 2, AFTER=(size - 1) // 2,
+                              BLOCK_P=bp, BLOCK_C=bc, USE_GATHER=gather,
+                              BETA_IS_075=(beta == 0.75), num_warps=nw)
     return y
 
 
@@ -301,11 +312,12 @@ def lrn_backward(x: torch.Tensor, g: torch.Tensor, size: int, alpha: float, beta
     N, C, HW, (sx, sg, sd) = _geometry(x, sx, sg, _flat_strides(dx))
     gather, bp, bc, nw = _launch_params(C, HW, "bwd")
     grid = (triton.cdiv(HW, bp), N, triton.cdiv(C, bc))
-    _lrn_bwd_kernel[grid](x, g, dx, C, HW, *sx, *sg, *sd,
-                          float(alpha), float(beta), float(k),
-                          BEFORE=size // 2, AFTER=(size - 1) // 2,
-                          BLOCK_P=bp, BLOCK_C=bc, USE_GATHER=gather,
-                          BETA_IS_075=(beta == 0.75), num_warps=nw)
+    with _on_device(x):
+        _lrn_bwd_kernel[grid](x, g, dx, C, HW, *sx, *sg, *sd,
+                              float(alpha), float(beta), float(k),
+                              BEFORE=size // 2, AFTER=(size - 1) // 2,
+                              BLOCK_P=bp, BLOCK_C=bc, USE_GATHER=gather,
+                              BETA_IS_075=(beta == 0.75), num_warps=nw)
     return dx
 
 

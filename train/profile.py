@@ -8,7 +8,6 @@ Measured in one run, on the same shards, at the same batch size and precision:
   peer        the stock webdataset + PIL + DataLoader reference loader doing the same work (img/s)
 Warm-up batches are excluded from every figure. Per-batch rates are kept for the plot.
 """
-import json
 import os
 import time
 
@@ -22,17 +21,13 @@ def _sync(device):
 
 
 def _batches(loader, n):
-    """n batches from a loader, starting new epochs as needed."""
-    epoch = 0
+    """n batches from a loader, going on to its next epochs as needed (as a training loop does)."""
     while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
         for batch in loader:
             yield batch
             n -= 1
             if n == 0:
                 return
-        epoch += 1
 
 
 def _time_loader(loader, n, warmup, device):

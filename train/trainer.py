@@ -26,23 +26,35 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def resolve_devices(cfg: TrainConfig, local_rank: int = 0):
-    """(column devices or None for CPU, the device that holds the input and the logits)."""
-    if cfg.devices:
-        devices = tuple(cfg.devices)
-        return devices, torch.device(devices[0])
+def resolve_devices(cfg: TrainConfig, local_rank: int = 0, local_world: int = 1):
+    """(column devices or None for CPU, the device that holds the input and the logits).
+
+    With L processes on a machine of n GPUs: a pair of GPUs per process (2r, 2r+1; Section 3.2)
+    when n >= 2L, else one GPU per process when n >= L; the choice is the same on every rank.
+    """
     kind = cfg.device
     if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cpu":
+        kind = "cuda" if (cfg.devices or torch.cuda.is_available()) else "cpu"
+    if kind == "cpu" and not cfg.devices:
         return None, torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible (use --device cpu)")
+        raise ValueError("--device cuda / --devices: no CUDA GPU is visible (use --device cpu)")
     n = torch.cuda.device_count()
-    if n >= 2 * (local_rank + 1):  # Section 3.2: one column per GPU, GPUs 2r and 2r+1
+    if cfg.devices:
+        if local_world > 1:
+            raise ValueError("--devices names the GPUs of one process; under torchrun leave it out "
+                             "(process r then uses GPUs 2r and 2r+1)")
+        devices = tuple(str(torch.device(d)) for d in cfg.devices)
+        bad = [d for d in devices if torch.device(d).type != "cuda" or (torch.device(d).index or 0) >= n]
+        if bad:
+            raise ValueError(f"--devices {','.join(devices)}: {', '.join(bad)} is not one of the {n} visible GPU(s)")
+        return devices, torch.device(devices[0])
+    if n >= 2 * local_world:
         devices = (f"cuda:{2 * local_rank}", f"cuda:{2 * local_rank + 1}")
+    elif n >= local_world:
+        devices = (f"cuda:{local_rank}",)
     else:
-        devices = (f"cuda:{local_rank % n}",)
+        raise ValueError(f"{local_world} processes on this machine but only {n} GPU(s) visible")
     return devices, torch.device(devices[0])
 
 
@@ -55,20 +67,39 @@ class MetricsLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def truncate_after(self, step):
+        """Drop rows later than `step` (written after the checkpoint a run resumes from)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass  # a half-written last line
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
 
-def _rng_state():
+
+def _rng_state(devices):
+    """This process's RNG states: CPU, numpy, python, and the GPUs its columns use (by column)."""
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = [torch.device(d) for d in (devices or ()) if torch.device(d).type == "cuda"]
+    state["cuda"] = [torch.cuda.get_rng_state(d) for d in cuda]
     return state
 
 
-def _set_rng_state(state):
+def _set_rng_state(state, devices):
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = [torch.device(d) for d in (devices or ()) if torch.device(d).type == "cuda"]
+    for d, s in zip(cuda, state.get("cuda", [])):
+        torch.cuda.set_rng_state(s, d)
 
 
 class Trainer:
@@ -81,12 +112,13 @@ class Trainer:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.main = self.rank == 0
         self.progress = progress and self.main
-        self.devices, self.device = resolve_devices(cfg, self.local_rank)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        self.devices, self.device = resolve_devices(cfg, self.local_rank, local_world)
         self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.cuda.set_device(self.device)
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.cuda else "gloo")
-
-        torch.manual_seed(cfg.seed + self.rank)  # dropout differs per replica; weights are broadcast by DDP
         from shards import Manifest
 
         self.manifest = Manifest.load(cfg.shards)
@@ -101,6 +133,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every replica
         self.model = AlexNet(self.manifest.num_classes, devices=self.devices, width=cfg.width, init=cfg.init)
+        torch.manual_seed(cfg.seed + 1000 * self.rank + 1)  # then dropout differs per replica
         if self.devices is None:
             self.model.to(memory_format=self.memory_format)
         elif self.cuda and cfg.channels_last:
@@ -128,6 +161,13 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------
     def _state(self):
+        rng = _rng_state(self.devices)
+        if self.world > 1:  # every rank's own states, restored by rank on resume
+            everyone = [None] * self.world
+            torch.distributed.all_gather_object(everyone, rng)
+            rng = everyone
+        else:
+            rng = [rng]
         return {
             "model": self.model.state_dict(),
             "model_config": dict(self.model.config),
@@ -136,27 +176,37 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "rng": _rng_state(),
+            "rng": rng,  # one entry per rank
+            "world_size": self.world,
             "train_config": dict(vars(self.cfg)),
             "classes": [c.wnid for c in self.manifest.classes],
         }
 
     def save(self):
+        state = self._state()  # collective under DDP: every rank takes part
         if self.main:
-            save_checkpoint(self.cfg.out, self._state())
+            save_checkpoint(self.cfg.out, state)
 
     def _resume(self):
         path = os.path.join(self.cfg.out, "last.pt")
         if not os.path.exists(path):
             raise FileNotFoundError(f"--resume: {path} does not exist (start without --resume)")
         state = load_checkpoint(path)
-        if state["model_config"]["width"] != self.cfg.width or state["model_config"]["init"] != self.cfg.init:
-            raise ValueError(f"--resume: {path} was trained with other model settings {state['model_config']}")
+        mc = state["model_config"]
+        if (mc["width"], mc["init"], mc["num_classes"]) != (self.cfg.width, self.cfg.init, self.manifest.num_classes):
+            raise ValueError(f"--resume: {path} was trained with other model settings {mc}")
+        was = state.get("train_config", {})
+        if was.get("batch_size", self.cfg.batch_size) != self.cfg.batch_size or state.get("world_size", 1) != self.world:
+            raise ValueError(f"--resume: {path} was trained with batch size {was.get('batch_size')} on "
+                             f"{state.get('world_size', 1)} replica(s); resume with the same settings")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        _set_rng_state(state["rng"])
+        rng = state["rng"]
+        _set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.devices)
+        if self.main:
+            self.metrics.truncate_after(self.step)  # rows past the checkpoint are redone
 
     # --- the loop ------------------------------------------------------------------------
     def _set_lr(self, lr):
@@ -179,7 +229,8 @@ class Trainer:
         cfg = self.cfg
         while self.epoch < cfg.epochs and not self.done():
             self._set_lr(self.schedule.on_epoch(self.epoch))
-            self.train_epoch()
+            if self.batch_in_epoch < len(self.train_loader):  # else resumed at the epoch's last batch
+                self.train_epoch()
             if self.batch_in_epoch < len(self.train_loader):  # stopped mid-epoch by --max-steps
                 self.save()
                 break
@@ -193,6 +244,11 @@ class Trainer:
                                     "lr": self.optimizer.param_groups[0]["lr"]})
             self.save()
         return self
+
+    def close(self):
+        """Leave the process group (torchrun); the run directory is complete."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     def validate(self):
         r = evaluate(self.net, self.val_loader, self.device, amp=self.cfg.amp)
@@ -219,6 +275,7 @@ class Trainer:
         it = iter(loader)
         for _ in range(skip):  # resume mid-epoch: the draws of epoch e are a function of (seed, rank, e)
             next(it)
+        window_start = time.perf_counter()
         while True:
             t0 = time.perf_counter()
             try:
