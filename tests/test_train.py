@@ -176,3 +176,33 @@ def test_data_parallel_two_cpu_processes(shards, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert load_checkpoint(tmp_path / "run")["step"] == 3
+
+
+@pytest.mark.parametrize("gpus, local_world, rank, expected", [
+    (8, 4, 3, ("cuda:6", "cuda:7")),  # a pair of GPUs per process (Section 3.2)
+    (8, 8, 5, ("cuda:5",)),           # too few for pairs: one GPU each, the same on every rank
+    (2, 1, 0, ("cuda:0", "cuda:1")),
+    (1, 1, 0, ("cuda:0",)),
+])
+def test_device_layout_is_the_same_on_every_rank(monkeypatch, gpus, local_world, rank, expected):
+    from train.trainer import resolve_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    devices, first = resolve_devices(TrainConfig(shards="x", device="cuda"), rank, local_world)
+    assert devices == expected and first == torch.device(expected[0])
+
+
+def test_device_layout_errors(monkeypatch):
+    from train.trainer import resolve_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match="only 2 GPU"):
+        resolve_devices(TrainConfig(shards="x", device="cuda"), 0, 4)
+    with pytest.raises(ValueError, match="torchrun"):
+        resolve_devices(TrainConfig(shards="x", devices=("cuda:0", "cuda:1")), 0, 2)
+    with pytest.raises(ValueError, match="cuda:5"):
+        resolve_devices(TrainConfig(shards="x", devices=("cuda:0", "cuda:5")), 0, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_devices(TrainConfig(shards="x", device="auto"))[0] is None
