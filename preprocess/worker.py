@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from preprocess.sums import PixelSums
@@ -18,6 +19,7 @@ _config = {}
 
 def init(root: str, size: int, quality: int, resize_filter: str) -> None:
     """Per-process settings (ProcessPoolExecutor initializer)."""
+    cv2.setNumThreads(1)  # one worker, one core: no OpenCV thread pool competing with the other workers
     _config.update(root=root, size=size, quality=quality, resize_filter=resize_filter)
 
 

@@ -9,6 +9,7 @@ reference (the exact geometry of DESIGN.md, Contract 1, before JPEG encoding).
     python scripts/bench_preprocess.py --pin                # 600 generated photos, one core each
     python scripts/bench_preprocess.py --workers 1 2 --filters bilinear bicubic --repeat 3
     python scripts/bench_preprocess.py --src /data/ILSVRC2012  # a real ImageNet layout (train/)
+    python scripts/bench_preprocess.py --pin --compare /tmp/old-checkout  # before/after, side by side
 
 Commands run interleaved (plain, ours, plain, ours, ...) and the median wall time of each is
 kept, so a busy spell on a shared machine hits all of them alike; --pin gives each command as
@@ -98,11 +99,11 @@ def make_photos(root, n, seed=0):
         photo(rng).save(os.path.join(folder, f"img_{i:05d}.JPEG"), "JPEG", quality=int(rng.integers(75, 96)))
 
 
-def timed(cmd, cpus=None):
+def timed(cmd, cpus=None, cwd=None):
     """Wall seconds of one whole command, optionally pinned to the given CPUs."""
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, preexec_fn=pin)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, preexec_fn=pin, cwd=cwd)
     return time.perf_counter() - t
 
 
@@ -149,7 +150,13 @@ def main():
     ap.add_argument("--keep", help="generate the photos into this folder and keep them (reused if present)")
     ap.add_argument("--pin", action="store_true",
                     help="pin each timed command to one CPU per worker (plain script and -w 1: one core)")
+    ap.add_argument("--compare", metavar="DIR", nargs="+", default=[],
+                    help="also time (and check the PSNR of) `alexnet preprocess` run from other checkouts "
+                         "of this project (e.g. the previous commit), side by side with this one")
     args = ap.parse_args()
+    for d in args.compare:
+        if not os.path.isfile(os.path.join(d, "alexnet_cli.py")):
+            ap.error(f"--compare {d}: no alexnet_cli.py there")
 
     tmp = tempfile.mkdtemp(prefix="bench-preprocess-")
     try:
@@ -163,35 +170,46 @@ def main():
         print(f"source: {src}: {n} training images, {mb:.1f} MB")
 
         alexnet = [sys.executable, "-m", "alexnet_cli", "preprocess", src]
-        commands = {"plain PIL script": (lambda out: [sys.executable, "-c", PLAIN_SCRIPT, src, out], 1)}
+        # name -> (command maker, CPUs, working directory: `-m alexnet_cli` imports from there first)
+        commands = {"plain PIL script": (lambda out: [sys.executable, "-c", PLAIN_SCRIPT, src, out], 1, None)}
+        checkouts = {"": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+        for i, d in enumerate(args.compare):
+            checkouts[f"[{os.path.basename(os.path.normpath(d)) or i}] "] = os.path.abspath(d)
         for f in args.filters:
             for w in args.workers:
-                commands[f"preprocess --workers {w} --filter {f}"] = (
-                    lambda out, w=w, f=f: alexnet + [out, "--split", "train", "--workers", str(w), "--filter", f, "-q"],
-                    w)
+                for tag, cwd in checkouts.items():
+                    commands[f"{tag}preprocess --workers {w} --filter {f}"] = (
+                        lambda out, w=w, f=f: alexnet + [out, "--split", "train", "--workers", str(w), "--filter", f, "-q"],
+                        w, cwd)
         cpus = sorted(os.sched_getaffinity(0))
         # interleaved repeats, so a slow spell of a shared machine hits every command alike
         times = {name: [] for name in commands}
         for r in range(args.repeat):
-            for name, (make_cmd, n_cpus) in commands.items():
+            for name, (make_cmd, n_cpus, cwd) in commands.items():
                 out = os.path.join(tmp, "out")
-                times[name].append(timed(make_cmd(out), set(cpus[:n_cpus]) if args.pin else None))
+                times[name].append(timed(make_cmd(out), set(cpus[:n_cpus]) if args.pin else None, cwd))
                 shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
         plain = float(np.median(times["plain PIL script"]))
         results = {"images": n, "repeat": args.repeat, "pinned": args.pin, "plain_img_s": round(n / plain, 1)}
-        print(f"{'command':38s} {'img/s':>8s} {'seconds':>8s} {'vs plain':>8s}   (median of {args.repeat})")
+        width = max(38, max(map(len, commands)))
+        print(f"{'command':{width}s} {'img/s':>8s} {'seconds':>8s} {'vs plain':>8s}   (median of {args.repeat}; "
+              f"min-max seconds)")
         for name in commands:
             t = float(np.median(times[name]))
-            print(f"{name:38s} {n / t:8.1f} {t:8.2f} {plain / t:7.2f}x")
-            results[name] = {"img_s": round(n / t, 1), "ratio": round(plain / t, 2)}
+            print(f"{name:{width}s} {n / t:8.1f} {t:8.2f} {plain / t:7.2f}x   "
+                  f"({min(times[name]):.2f}-{max(times[name]):.2f})")
+            results[name] = {"img_s": round(n / t, 1), "ratio": round(plain / t, 2),
+                             "seconds": [round(x, 3) for x in times[name]]}
         for f in args.filters:
-            out = os.path.join(tmp, f"out-psnr-{f}")
-            subprocess.run(alexnet + [out, "--split", "train", "--filter", f, "-q"], check=True,
-                           stdout=subprocess.DEVNULL)
-            mean_db, min_db, k = quality(src, out)
-            print(f"PSNR --filter {f} vs bicubic reference, after encoding: mean {mean_db:.2f} dB, "
-                  f"min {min_db:.2f} dB ({k} images)")
-            results[f"psnr_{f}_db"] = {"mean": round(mean_db, 2), "min": round(min_db, 2)}
+            for tag, cwd in checkouts.items():
+                out = os.path.join(tmp, f"out-psnr-{f}")
+                subprocess.run(alexnet + [out, "--split", "train", "--filter", f, "-q"], check=True,
+                               stdout=subprocess.DEVNULL, cwd=cwd)
+                mean_db, min_db, k = quality(src, out)
+                shutil.rmtree(out)
+                print(f"{tag}PSNR --filter {f} vs bicubic reference, after encoding: mean {mean_db:.2f} dB, "
+                      f"min {min_db:.2f} dB ({k} images)")
+                results[f"{tag}psnr_{f}_db"] = {"mean": round(mean_db, 2), "min": round(min_db, 2)}
         print(json.dumps(results))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
