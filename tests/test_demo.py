@@ -12,7 +12,7 @@ from alexnet_cli import main as cli
 @pytest.mark.slow
 def test_demo_end_to_end_learns(tmp_path):
     out = tmp_path / "demo"
-    r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--device", "cpu", "--epochs", "8"])
+    r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--device", "cpu", "--epochs", "12"])
     assert r.exit_code == 0, r.output[-3000:]
     assert "summary" in r.output and "validation top-1 error" in r.output
 
@@ -28,12 +28,12 @@ def test_demo_end_to_end_learns(tmp_path):
     # the proof that it learns: 10 classes, chance is 90 % top-1 error
     rows = [json.loads(line) for line in open(out / "run" / "metrics.jsonl")]
     val = [row for row in rows if "top1_error" in row]
-    assert len(val) == 8
-    assert val[-1]["top1_error"] < 0.75, [round(v["top1_error"], 3) for v in val]
+    assert len(val) == 12
+    assert val[-1]["top1_error"] < 0.7, [round(v["top1_error"], 3) for v in val]
     assert val[-1]["top1_error"] < val[0]["top1_error"]
 
     # running it again reuses what is complete
-    r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--device", "cpu", "--epochs", "8"])
+    r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--device", "cpu", "--epochs", "12"])
     assert r.exit_code == 0, r.output[-3000:]
     assert "already there, reused" in r.output and "already trained, reused" in r.output
     assert os.path.exists(out / "run" / "last.pt")
