@@ -262,6 +262,16 @@ class DaliLoader:
         finally:
             del it, pipe
 
+    def close(self) -> None:
+        """Drop a pipeline prepared for the next epoch and stop the builder thread."""
+        ready, self._next = self._next, None
+        if ready is not None:
+            ready[1].cancel()
+        if self._builder is not None:
+            self._builder.shutdown(wait=True)
+            self._builder = None
+        ready = None
+
     def _labels(self, raw: torch.Tensor) -> torch.Tensor:
         labels = parse_labels(raw)
         if self.device.type == "cuda":  # pinned + non-blocking: no host sync per batch

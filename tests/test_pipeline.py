@@ -322,3 +322,15 @@ def test_next_epoch_built_in_background_equals_a_fresh_one(shards):
     x2, y2 = epoch(fresh)
     assert torch.equal(y1, y2) and torch.equal(x1, x2)
     assert fresh._next is None
+
+
+@needs_dali
+def test_close_drops_the_prepared_pipeline(shards):
+    loader = dali(shards, "train")
+    loader.prepare_next = True
+    epoch(loader)
+    assert loader._next is not None
+    loader.close()
+    assert loader._next is None and loader._builder is None
+    x, y = epoch(loader)  # still usable: builds epoch 1 afresh
+    assert len(y) == len(loader) * B

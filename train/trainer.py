@@ -246,7 +246,10 @@ class Trainer:
         return self
 
     def close(self):
-        """Leave the process group (torchrun); the run directory is complete."""
+        """Release the loaders' prepared pipelines and leave the process group (torchrun)."""
+        for loader in (self.train_loader, self.val_loader):
+            if loader is not None:
+                loader.close()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
