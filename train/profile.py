@@ -117,6 +117,7 @@ def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, war
             sizes.append(images.shape[0])
         t = now
     result["end_to_end"] = _summary(times, sizes)
+    loader.close()
     result["data_wait"] = sum(waits) / sum(times)
     result["end_to_end"]["data_wait"] = result["data_wait"]
 
