@@ -14,6 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from train.evaluate import autocast_for
+
 
 def _sync(device):
     if torch.device(device).type == "cuda":
@@ -61,7 +63,7 @@ class _Stepper:
         self.amp = amp and cuda
 
     def __call__(self, images, labels):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with autocast_for(self.device, self.amp):
             loss = F.cross_entropy(self.model(images).float(), labels.to(self.device))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
