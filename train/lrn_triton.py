@@ -77,6 +77,40 @@ def _pow_neg(s, BETA_IS_075: tl.constexpr, beta):
 
 
 @triton.jit
+def _window_squares(xrow, ch, pmask, C, sxc, BEFORE: tl.constexpr, AFTER: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(sum of x_j^2 over j in [c - BEFORE, c + AFTER] within 0..C-1, x_c) for the channels `ch`,
+    from shifted loads (the shifted tiles hit cache: memory sees x once)."""
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    xc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for i in tl.static_range(BEFORE + AFTER + 1):
+        d = i - BEFORE
+        j = ch + d
+        m = pmask[:, None] & ((j >= 0) & (j < C))[None, :]
+        v = tl.load(xrow + j[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
+        acc += v * v
+        if d == 0:
+            xc = v
+    return acc, xc
+
+
+@triton.jit
+def _shifted_sum(v, ch, LO: tl.constexpr, HI: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """sum of v[:, c + e] for e in [-LO, HI] inside the tile, by gathers along the channel axis
+    (the tile holds all channels: BLOCK_C >= C, padded channels are 0)."""
+    acc = v
+    for i in tl.static_range(LO + HI + 1):
+        e = i - LO
+        if e != 0:
+            j = ch + e
+            idx = tl.minimum(tl.maximum(j, 0), BLOCK_C - 1)
+            idx2 = tl.broadcast_to(idx[None, :], (BLOCK_P, BLOCK_C))
+            acc += tl.where(((j >= 0) & (j < BLOCK_C))[None, :], tl.gather(v, idx2, 1), 0.0)
+    return acc
+
+
+@triton.jit
 def _lrn_fwd_kernel(X, Y, C, HW,
                     sxn, sxc, sxp, syn, syc, syp,
                     alpha, beta, k,
@@ -99,27 +133,9 @@ def _lrn_fwd_kernel(X, Y, C, HW,
         # the squares in registers
         m = pmask[:, None] & (ch < C)[None, :]
         xc = tl.load(xrow + ch[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
-        sq = xc * xc
-        acc = sq
-        for i in tl.static_range(BEFORE + AFTER + 1):
-            d = i - BEFORE
-            if d != 0:
-                j = ch + d
-                idx = tl.minimum(tl.maximum(j, 0), BLOCK_C - 1)
-                idx2 = tl.broadcast_to(idx[None, :], (BLOCK_P, BLOCK_C))
-                vg = tl.gather(sq, idx2, 1)
-                acc += tl.where(((j >= 0) & (j < BLOCK_C))[None, :], vg, 0.0)
+        acc = _shifted_sum(xc * xc, ch, BEFORE, AFTER, BLOCK_P, BLOCK_C)
     else:
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        xc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for i in tl.static_range(BEFORE + AFTER + 1):
-            d = i - BEFORE
-            j = ch + d
-            m = pmask[:, None] & ((j >= 0) & (j < C))[None, :]
-            v = tl.load(xrow + j[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
-            acc += v * v
-            if d == 0:
-                xc = v
+        acc, xc = _window_squares(xrow, ch, pmask, C, sxc, BEFORE, AFTER, BLOCK_P, BLOCK_C)
     s = k + alpha * acc
     p, _ = _pow_neg(s, BETA_IS_075, beta)
     y = xc * p
@@ -152,28 +168,11 @@ def _lrn_bwd_kernel(X, G, DX, C, HW,
     if USE_GATHER:
         # own channels: s, p = s^-beta, r = g x s^(-beta-1); then the mirrored window sum of r
         # by shifting r along the channel axis of the tile (BLOCK_C >= C, one channel block)
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        xc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for i in tl.static_range(BEFORE + AFTER + 1):
-            d = i - BEFORE
-            j = ch + d
-            m = pmask[:, None] & ((j >= 0) & (j < C))[None, :]
-            v = tl.load(xrow + j[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
-            acc += v * v
-            if d == 0:
-                xc = v
+        acc, xc = _window_squares(xrow, ch, pmask, C, sxc, BEFORE, AFTER, BLOCK_P, BLOCK_C)
         s = k + alpha * acc
         p, pq = _pow_neg(s, BETA_IS_075, beta)
         r = gc * xc * pq                          # 0 on padded channels (g = x = 0 there)
-        ws = r
-        for i in tl.static_range(BEFORE + AFTER + 1):
-            e = i - AFTER                         # i in W'(c) = [c - AFTER, c + BEFORE]
-            if e != 0:
-                j = ch + e
-                idx = tl.minimum(tl.maximum(j, 0), BLOCK_C - 1)
-                idx2 = tl.broadcast_to(idx[None, :], (BLOCK_P, BLOCK_C))
-                vg = tl.gather(r, idx2, 1)
-                ws += tl.where(((j >= 0) & (j < BLOCK_C))[None, :], vg, 0.0)
+        ws = _shifted_sum(r, ch, AFTER, BEFORE, BLOCK_P, BLOCK_C)  # window W'(c) = [c-AFTER, c+BEFORE]
     else:
         # recompute r_j at every position j of the mirrored window from shifted loads
         ws = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -183,16 +182,7 @@ def _lrn_bwd_kernel(X, G, DX, C, HW,
             e = i - AFTER
             j = ch + e
             jm = pmask[:, None] & ((j >= 0) & (j < C))[None, :]
-            acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-            xj = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-            for i2 in tl.static_range(BEFORE + AFTER + 1):
-                d = i2 - BEFORE
-                jd = j + d
-                m = pmask[:, None] & ((jd >= 0) & (jd < C))[None, :]
-                v = tl.load(xrow + jd[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
-                acc += v * v
-                if d == 0:
-                    xj = v
+            acc, xj = _window_squares(xrow, j, pmask, C, sxc, BEFORE, AFTER, BLOCK_P, BLOCK_C)
             sj = k + alpha * acc
             pj, qj = _pow_neg(sj, BETA_IS_075, beta)
             if e == 0:
