@@ -301,6 +301,25 @@ def test_same_bytes_for_any_worker_count(src, single, tmp_path):
     assert (tmp_path / "w2" / "errors.jsonl").read_bytes() == (single / "errors.jsonl").read_bytes()
 
 
+def test_shards_assembled_from_several_chunks_are_the_same_bytes(src, single, tmp_path, monkeypatch):
+    """Shards of 5 images sent to the workers in chunks of 2 (not 1 chunk per shard as above)."""
+    from preprocess import plan
+
+    whole = plan.ShardTask.chunks
+    calls = []
+
+    def small_chunks(task, size=plan.CHUNK):
+        parts = whole(task, 2)
+        calls.append(len(parts))
+        return parts
+
+    monkeypatch.setattr(plan.ShardTask, "chunks", small_chunks)
+    run(src, tmp_path / "w2", workers=2)
+    assert max(calls) > 1  # the multi-chunk path really ran
+    assert tars(tmp_path / "w2") == tars(single)
+    assert (tmp_path / "w2" / "manifest.json").read_bytes() == (single / "manifest.json").read_bytes()
+
+
 def test_adding_a_split_equals_one_run(src, single, tmp_path):
     out = tmp_path / "out"
     run(src, out, split="train")
@@ -449,3 +468,21 @@ def test_progress_line_and_tty_redraw():
     quiet = io.StringIO()  # not a tty: short runs print nothing (the summary line says it all)
     Progress(10, stream=quiet).update(10, 0)
     assert quiet.getvalue() == ""
+
+
+def test_pixel_sums_exact_past_the_float32_fold():
+    """300 near-saturated images: the float32 planes are folded into int64 every 256 images; the
+    sums must equal shards.StatSums (int64 all the way) exactly."""
+    from preprocess.sums import PixelSums
+    from shards import StatSums
+
+    rng = np.random.default_rng(3)
+    fast, exact = PixelSums(size=16), StatSums(size=16)
+    for i in range(300):
+        img = rng.integers(200 if i % 2 else 0, 256, (16, 16, 3), dtype=np.uint8)
+        fast.add(img)
+        exact.add(img)
+    got = fast.stat_sums()
+    assert got.images == exact.images == 300
+    assert np.array_equal(got.sum, exact.sum) and np.array_equal(got.outer, exact.outer)
+    assert np.array_equal(got.pixel_sum, exact.pixel_sum)
