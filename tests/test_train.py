@@ -19,7 +19,7 @@ SMALL = dict(width=0.125, init="kaiming", lr=0.001, batch_size=8, device="cpu", 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     d = tmp_path_factory.mktemp("shards")
-    make_shards(d, n_train=32, n_val=12, classes=4, shard_size=12, seed=1)
+    make_shards(d, n_train=32, n_val=12, classes=8, shard_size=12, seed=1)  # 8 > 5: top-5 is not trivial
     return str(d)
 
 
@@ -52,7 +52,7 @@ def test_run_directory(shards, tmp_path):
     for r in val_rows:
         assert 0 <= r["top1_error"] <= 1 and 0 <= r["top5_error"] <= r["top1_error"]
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["model_config"] == {"num_classes": 4, "width": 0.125, "init": "kaiming"}
+    assert state["model_config"] == {"num_classes": 8, "width": 0.125, "init": "kaiming"}
     assert state["step"] == 8 and state["epoch"] == 2
 
 
@@ -119,16 +119,22 @@ def test_ten_crop_eval_equals_mean_of_softmax(shards):
     from train.model import AlexNet
 
     torch.manual_seed(0)
-    model = AlexNet(4, width=0.125, init="kaiming").eval()
+    model = AlexNet(8, width=0.125, init="kaiming").eval()
     loader = build_loader(shards, "val", 6, device="cpu", ten_crop=True)
     r = evaluate(model, loader, "cpu")
-    wrong1 = n = 0
+    wrong1 = wrong5 = n = 0
+    nll = 0.0
     with torch.no_grad():
         for x, y in loader:
             p = torch.stack([model(x[:, v]).softmax(1) for v in range(10)]).mean(0)
             wrong1 += (p.argmax(1) != y).sum().item()
+            wrong5 += (~(p.topk(5, 1).indices == y[:, None]).any(1)).sum().item()
+            nll -= p[torch.arange(len(y)), y].log().sum().item()
             n += len(y)
     assert r["samples"] == n == 12 and r["top1_error"] == pytest.approx(wrong1 / n)
+    assert r["top5_error"] == pytest.approx(wrong5 / n)
+    # the loss tells the softmax average apart from a logit average or the centre crop alone
+    assert r["loss"] == pytest.approx(nll / n, rel=1e-5)
 
 
 def _free_port():
