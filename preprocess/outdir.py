@@ -14,7 +14,6 @@ cannot be recovered from the tar. `.parts/` may be deleted once the job is done;
 then rewrites the shards instead of reusing them.
 """
 import glob
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ import numpy as np
 
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardInfo
 from shards.stats import StatSums
+from shards.writer import file_sha256
 
 PARTS = ".parts"
 PARAMS = "params.json"
@@ -138,11 +138,7 @@ def load_record(out: str, stem: str, with_sums: bool = True) -> Optional[ShardRe
 
 
 def sha256_matches(path: str, expected: str) -> bool:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest() == expected
+    return file_sha256(path) == expected
 
 
 def remove_leftovers(out: str) -> None:

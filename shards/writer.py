@@ -155,6 +155,15 @@ class ShardWriter:
         return False
 
 
+def file_sha256(path, chunk=1 << 20) -> str:
+    """The sha256 (hex) of a file, as the manifest records it for each tar."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_index(path):
     """Parse a DALI `.idx` file: a list of samples, each a list of (ext, offset, size, name)."""
     with open(path) as f:
