@@ -288,7 +288,7 @@ class DaliLoader:
 
 def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, seed=0, augment=None, lighting=None,
                  mean="image", ten_crop=False, dtype=torch.float32, memory_format=torch.contiguous_format,
-                 num_threads=None, prefetch=2, shuffle=None, drop_last=None) -> DaliLoader:
+                 num_threads=None, prefetch=2, shuffle=None, drop_last=None, prepare_next=None) -> DaliLoader:
     """The DALI loader of a split of a shard directory (DESIGN.md, Contract 2).
 
     Args:
@@ -308,6 +308,8 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
         num_threads: DALI CPU threads (default: this process's share of the cores).
         prefetch: batches DALI prepares ahead.
         shuffle, drop_last: default on for train only (see the module docstring).
+        prepare_next: build the next epoch's pipeline in the background (default: training
+            loaders on the GPU).
     """
     options = resolve_options(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
                               shuffle, drop_last)
@@ -326,4 +328,4 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
 
     require_dali()
     return DaliLoader(options, manifest, norm, device, dtype, memory_format,
-                      num_threads or default_threads(), prefetch)
+                      num_threads or default_threads(), prefetch, prepare_next=prepare_next)

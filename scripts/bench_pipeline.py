@@ -115,10 +115,16 @@ def main(argv=None):
     samples = Manifest.load(shards).split("train").samples
     warmup = {"dali": a.warmup, "dali+lighting": a.warmup, "reference": max(a.warmup, ref_workers)}  # all workers started
     batches = a.batches or min(200, samples // batch - max(warmup.values()) - 1)
+    if batches < 1:
+        sys.exit(f"bench_pipeline: {samples} samples are too few for batch {batch} after "
+                 f"{max(warmup.values())} warm-up batches; use more --samples")
 
     loaders = {
-        "dali": lambda: build_loader(shards, "train", batch, device=device, lighting=0.0, num_threads=a.threads),
-        "dali+lighting": lambda: build_loader(shards, "train", batch, device=device, lighting=0.1, num_threads=a.threads),
+        # one epoch per fresh loader: no background build of a next epoch that is never read
+        "dali": lambda: build_loader(shards, "train", batch, device=device, lighting=0.0, num_threads=a.threads,
+                                     prepare_next=False),
+        "dali+lighting": lambda: build_loader(shards, "train", batch, device=device, lighting=0.1,
+                                              num_threads=a.threads, prepare_next=False),
     }
     if not a.no_reference:
         loaders["reference"] = lambda: build_reference_loader(shards, "train", batch, lighting=0.1, num_workers=ref_workers)

@@ -163,7 +163,7 @@ def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per measurement.")
-@click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Batches excluded before timing.")
+@click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Batches excluded before timing.")
 @click.option("--peer-workers", type=click.IntRange(1), default=None, help="Reference loader workers (default: cores, at most 16).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line of stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of img/s per batch for each measurement.")

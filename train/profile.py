@@ -17,9 +17,28 @@ import torch.nn.functional as F
 from train.evaluate import autocast_for
 
 
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+class _Clock:
+    """Marks between batches without stalling the host: CUDA events on a GPU (read once, after a
+    single synchronisation at the end), perf_counter on the CPU. As in training, the host queues
+    work ahead; `intervals()` gives the seconds between consecutive marks."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.marks = []
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append(e)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self):
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
 def _batches(loader, n):
@@ -34,17 +53,14 @@ def _batches(loader, n):
 
 def _time_loader(loader, n, warmup, device):
     """Per-batch seconds of pulling batches onto the device, warm-up excluded."""
-    times, sizes = [], []
-    t = time.perf_counter()
+    clock, sizes = _Clock(device), []
     for i, (images, labels) in enumerate(_batches(loader, n + warmup)):
         images = images.to(device, non_blocking=True)
-        _sync(device)
-        now = time.perf_counter()
+        if i >= warmup - 1:
+            clock.mark()
         if i >= warmup:
-            times.append(now - t)
             sizes.append(images.shape[0])
-        t = now
-    return times, sizes
+    return clock.intervals(), sizes
 
 
 class _Stepper:
@@ -82,6 +98,7 @@ def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, war
     from pipeline.reference import build_reference_loader
     from shards import Manifest
 
+    warmup = max(1, warmup)  # the first timed interval starts at the end of a warm-up batch
     manifest = Manifest.load(shards)
     mf = torch.channels_last if (torch.device(device).type == "cuda" and channels_last) else torch.contiguous_format
     peer_workers = peer_workers or min(16, os.cpu_count() or 1)
@@ -96,37 +113,38 @@ def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, war
     step = _Stepper(manifest.num_classes, device, width, amp, channels_last)
     x = torch.randn(batch_size, 3, 224, 224, device=device).mul_(60).contiguous(memory_format=mf)
     y = torch.randint(0, manifest.num_classes, (batch_size,), device=device)
-    times = []
+    clock = _Clock(device)
     for i in range(batches + warmup):
-        t = time.perf_counter()
         step(x, y)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
+        if i >= warmup - 1:
+            clock.mark()
+    times = clock.intervals()
     result["model"] = _summary(times, [batch_size] * len(times))
 
     progress("profile: pipeline feeding the model")
-    times, waits, sizes = [], [], []
-    t = time.perf_counter()
-    for i, (images, labels) in enumerate(_batches(loader, batches + warmup)):
-        got = time.perf_counter()
-        step(images, labels)
-        _sync(device)
-        now = time.perf_counter()
+    clock, waits, sizes = _Clock(device), [], []
+    batches_iter = _batches(loader, batches + warmup)
+    for i in range(batches + warmup):
+        t = time.perf_counter()
+        images, labels = next(batches_iter)  # the host blocks here only when data is late
         if i >= warmup:
-            times.append(now - t)
-            waits.append(got - t)
+            waits.append(time.perf_counter() - t)
             sizes.append(images.shape[0])
-        t = now
+        step(images, labels)
+        if i >= warmup - 1:
+            clock.mark()
+    times = clock.intervals()
     result["end_to_end"] = _summary(times, sizes)
     loader.close()
-    result["data_wait"] = sum(waits) / sum(times)
+    result["data_wait"] = min(1.0, sum(waits) / sum(times))
     result["end_to_end"]["data_wait"] = result["data_wait"]
 
     progress(f"profile: reference loader (webdataset + PIL + DataLoader, {peer_workers} workers)")
     peer = build_reference_loader(shards, "train", batch_size, num_workers=peer_workers)
-    result["peer"] = _summary(*_time_loader(peer, batches, warmup, device))
-    result["peer"]["workers"] = peer_workers
+    # every worker's first batch is built during start-up: warm up until all have delivered
+    peer_warmup = max(warmup, peer_workers)
+    result["peer"] = _summary(*_time_loader(peer, batches, peer_warmup, device))
+    result["peer"].update(workers=peer_workers, warmup_batches=peer_warmup)
     return result
 
 
@@ -165,5 +183,6 @@ def format_table(r):
     fed = r["pipeline"]["img_s"] / r["model"]["img_s"]
     lines.append(f"pipeline / model = {fed:.2f}x ({'the model is fed' if fed >= 1 else 'INPUT-BOUND: the model waits for data'}); "
                  f"pipeline / reference = {r['pipeline']['img_s'] / r['peer']['img_s']:.2f}x")
-    lines.append(f"({r['warmup_batches']} warm-up batches excluded from every figure)")
+    lines.append(f"({r['warmup_batches']} warm-up batches excluded from every figure; "
+                 f"{r['peer']['warmup_batches']} for the reference loader, until each worker has delivered)")
     return "\n".join(lines)
