@@ -354,20 +354,22 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while not (out / "train-000000.tar").exists() and time.time() < deadline:
+        # the record is written after the tar: once it is there, shard 0 is complete
+        while not (out / ".parts" / "train-000000.npz").exists() and time.time() < deadline:
             time.sleep(0.0005)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    assert (out / "train-000000.tar").exists()
+    assert (out / "train-000000.tar").exists() and (out / ".parts" / "train-000000.npz").exists()
     assert not (out / "manifest.json").exists(), "the run finished before the kill; nothing was tested"
     # leftovers of other accidents: stray temporaries, a final-named tar without its record
     (out / "train-000040.tar.tmp").write_bytes(b"garbage")
     (out / ".parts" / "train-000041.npz.tmp").write_bytes(b"garbage")
     (out / "train-000050.tar").write_bytes(b"not a finished shard")
     (out / "train-000050.idx").write_bytes(b"v1.2 1\n")
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd[:-1], capture_output=True, text=True)  # without -q: the summary
     assert result.returncode == 0, result.stderr
+    assert " reused" in result.stdout + result.stderr  # complete shards were kept, not redone
     assert tars(out) == tars(whole)
     assert (out / "manifest.json").read_bytes() == (whole / "manifest.json").read_bytes()
     assert (out / "errors.jsonl").read_bytes() == (whole / "errors.jsonl").read_bytes()

@@ -54,6 +54,8 @@ def test_writer_round_trip_tar_and_index(written):
                     assert raw[offset:offset + size] == want[1]
                 if ext == "cls":
                     assert raw[offset:offset + size] == str(want[2]).encode()
+                if ext == "json":
+                    assert json.loads(raw[offset:offset + size])["label"] == want[2]
     assert names == [f"{k}.{e}" for k, *_ in samples for e in ("jpg", "cls", "json")]
     assert not [f for f in os.listdir(d) if f.endswith(".tmp")]
 
