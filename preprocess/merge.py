@@ -15,9 +15,11 @@ from typing import List
 import numpy as np
 
 from preprocess import outdir
+from preprocess.plan import Part
 from preprocess.run import SPLIT_ORDER, _read_errors, save_stats, write_errors
 from shards.manifest import MANIFEST_NAME, Manifest, ManifestError, SplitInfo
 from shards.stats import StatSums
+from shards.writer import shard_number
 
 MODES = ("link", "copy", "move")
 
@@ -51,16 +53,16 @@ def _load_parts(parts: List[str]) -> List[Manifest]:
 
 def _check(parts: List[str], manifests: List[Manifest]) -> int:
     """The part count N, after checking the parts are 0..N-1 of one job, each once."""
-    seen = {}
+    seen, of = {}, []
     for path, m in zip(parts, manifests):
-        part = m.params.get("part")
-        if not part:
+        if not m.params.get("part"):
             raise MergeError(f"{path} is not a part (made without --part i/N)")
-        i, n = (int(x) for x in part.split("/"))
-        if i in seen:
-            raise MergeError(f"{path} and {seen[i]} are both part {part}")
-        seen[i] = path
-    counts = {int(m.params["part"].split("/")[1]) for m in manifests}
+        part = Part.parse(m.params["part"])
+        if part.index in seen:
+            raise MergeError(f"{path} and {seen[part.index]} are both part {part}")
+        seen[part.index] = path
+        of.append(part)
+    counts = {p.count for p in of}
     if len(counts) != 1:
         raise MergeError(f"the parts were made for different N ({', '.join(sorted(str(c) for c in counts))})")
     n = counts.pop()
@@ -76,12 +78,11 @@ def _check(parts: List[str], manifests: List[Manifest]) -> int:
             diff.append("different classes")
         if diff:
             raise MergeError(f"{path} was made with other settings than {parts[0]} ({'; '.join(diff)})")
-    for path, m in zip(parts, manifests):
-        i = int(m.params["part"].split("/")[0])
+    for path, m, part in zip(parts, manifests, of):
         for split in m.splits.values():
             for s in split.shards:
-                if int(os.path.splitext(s.tar)[0].rsplit("-", 1)[1]) % n != i:
-                    raise MergeError(f"{path}: shard {s.tar} does not belong to part {i}/{n}")
+                if not part.owns(shard_number(s.tar)):
+                    raise MergeError(f"{path}: shard {s.tar} does not belong to part {part}")
     return n
 
 

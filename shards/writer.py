@@ -21,6 +21,11 @@ def shard_stem(split: str, number: int) -> str:
     return f"{split}-{number:06d}"
 
 
+def shard_number(filename: str) -> int:
+    """The inverse of `shard_stem`: 42 for `train-000042.tar` (or `.idx`)."""
+    return int(os.path.splitext(os.path.basename(filename))[0].rsplit("-", 1)[1])
+
+
 def sample_key(split: str, position: int) -> str:
     """A dot-free key that sorts in write order, e.g. `train_00001234`."""
     return f"{split}_{position:08d}"
