@@ -8,9 +8,11 @@ e sees what an uninterrupted one saw). The rebuild costs a fraction of a second 
 
 Sharding (`epoch_plan`): the split, in shard order, is cut into `world_size` contiguous slices
 the way DALI's reader cuts it (slice s = samples [N·s//W, N·(s+1)//W)).
-  - Training (shuffle on): rank r reads slice (r + epoch) mod W, so the slices rotate over the
-    ranks from epoch to epoch, shuffled in a buffer of 4096; every rank yields the same number
-    of full batches, N // (W·B), and drops the rest of its (shuffled) slice.
+  - Training (shuffle on): the shards are first put in an order drawn from (seed, epoch)
+    (`shard_order`, the same on every rank), so each epoch's stream meets other neighbours; the
+    slices are cut from that order. Rank r reads slice (r + epoch) mod W, shuffled in a buffer
+    of 4096 samples; every rank yields the same number of full batches, N // (W·B), and drops
+    the rest of its (shuffled) slice.
   - Validation: rank r reads slice r in shard order; the reader pads the slice to whole
     batches and the iterator trims the padding (LastBatchPolicy.PARTIAL), so each sample
     appears exactly once across ranks. Batch counts may then differ by one between ranks:
@@ -104,6 +106,20 @@ def epoch_plan(n: int, batch_size: int, rank: int, world_size: int, epoch: int, 
     return EpochPlan(shard_id, start, stop, batches, samples)
 
 
+def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """The order in which an epoch reads the split's shards: a permutation drawn from
+    (seed, epoch) for training (the same on every rank, so the ranks' slices of it stay disjoint
+    and cover the split), shard order otherwise.
+
+    Without it a buffer shuffle of B samples mixes only within a window of B consecutive
+    samples of a fixed stream, so an image meets mostly the same neighbours every epoch.
+    """
+    if not shuffle:
+        return list(range(n_shards))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 3]))
+    return rng.permutation(n_shards).tolist()
+
+
 def open_split(options: LoaderOptions) -> Manifest:
     """The manifest, checked to hold the split and at least one batch per rank (else one-line errors)."""
     manifest = Manifest.load(options.out)
@@ -151,6 +167,7 @@ class DaliLoader:
     # the build competes with the running epoch for the same cores (measured on 2 cores: no gain),
     # and for validation loaders, which are read once between training epochs.
     prepare_next: bool = None
+    shuffle_buffer: int = 4096  # samples in DALI's shuffle buffer (its initial_fill)
     _next: object = field(default=None, repr=False)  # (epoch, Future of (pipeline, iterator))
     _builder: object = field(default=None, repr=False)
 
@@ -184,6 +201,7 @@ class DaliLoader:
 
         o, plan = self.options, self.plan(epoch)
         pairs = self.manifest.shard_paths(o.out, o.split)
+        pairs = [pairs[i] for i in shard_order(len(pairs), o.seed, epoch, o.shuffle)]
         seed = int(np.random.SeedSequence([o.seed, o.rank, epoch, 1]).generate_state(1)[0] & 0x7FFFFFFF)
         gpu = self.device.type == "cuda"
         return PipelineSpec(
@@ -195,7 +213,7 @@ class DaliLoader:
             channel_std=self.norm.channel_std.tolist(), per_sample_mean=o.lighting > 0,
             half=self.dtype == torch.float16,
             layout="HWC" if self.memory_format == torch.channels_last else "CHW",
-            initial_fill=max(1, min(4096, plan.stop - plan.start)),
+            initial_fill=max(1, min(self.shuffle_buffer, plan.stop - plan.start)),
         )
 
     def _source(self, draws: Draws):
@@ -288,7 +306,8 @@ class DaliLoader:
 
 def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, seed=0, augment=None, lighting=None,
                  mean="image", ten_crop=False, dtype=torch.float32, memory_format=torch.contiguous_format,
-                 num_threads=None, prefetch=2, shuffle=None, drop_last=None, prepare_next=None) -> DaliLoader:
+                 num_threads=None, prefetch=2, shuffle=None, drop_last=None, prepare_next=None,
+                 shuffle_buffer=4096) -> DaliLoader:
     """The DALI loader of a split of a shard directory (DESIGN.md, Contract 2).
 
     Args:
@@ -310,11 +329,14 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
         shuffle, drop_last: default on for train only (see the module docstring).
         prepare_next: build the next epoch's pipeline in the background (default: training
             loaders on the GPU).
+        shuffle_buffer: samples in the reader's shuffle buffer (training).
     """
     options = resolve_options(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
                               shuffle, drop_last)
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected torch.float32, torch.float16 or torch.bfloat16")
+    if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer={shuffle_buffer!r}: expected a positive integer")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format={memory_format!r}: expected torch.contiguous_format or torch.channels_last")
     device = torch.device(device)
@@ -328,4 +350,5 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
 
     require_dali()
     return DaliLoader(options, manifest, norm, device, dtype, memory_format,
-                      num_threads or default_threads(), prefetch, prepare_next=prepare_next)
+                      num_threads or default_threads(), prefetch, prepare_next=prepare_next,
+                      shuffle_buffer=shuffle_buffer)

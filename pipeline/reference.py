@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.lighting import (CROP, TEN_CROP_VIEWS, Draws, Normalisation, epoch_draws, lighting_offset,
                                load_normalisation)
-from pipeline.loader import LoaderOptions, epoch_plan, open_split, resolve_options
+from pipeline.loader import LoaderOptions, epoch_plan, open_split, resolve_options, shard_order
 
 
 def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarray, norm: Normalisation,
@@ -74,7 +74,7 @@ class _Epoch(IterableDataset):
     shuffle_buffer: int
 
     def _read(self, a: int, b: int):
-        """Samples [a, b) of the split in shard order, through the stock webdataset reader."""
+        """Samples [a, b) of the split in the epoch's shard order, through the stock webdataset reader."""
         import webdataset as wds
 
         if b <= a:
@@ -163,8 +163,9 @@ class ReferenceLoader:
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        dataset = _Epoch(self.tars, self.counts, self.options, self.norm, epoch, self.epoch_draws(epoch),
-                         self.shuffle_buffer)
+        order = shard_order(len(self.tars), self.options.seed, epoch, self.options.shuffle)
+        dataset = _Epoch([self.tars[i] for i in order], [self.counts[i] for i in order], self.options, self.norm,
+                         epoch, self.epoch_draws(epoch), self.shuffle_buffer)
         yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
 
 

@@ -13,7 +13,13 @@ from alexnet_cli import UserError
 
 def _single_threaded_blas():
     """This job's parallelism is processes; BLAS threads (numpy's OpenBLAS starts one per core
-    at import) only cost start-up time. Must run before numpy is imported."""
+    at import) only cost start-up time. Only before numpy is imported (the `alexnet preprocess`
+    process itself): called from the demo, where torch is loaded, it would leave the training
+    that follows in the same process on one thread, whatever OMP_NUM_THREADS the user set."""
+    import sys
+
+    if "numpy" in sys.modules or "torch" in sys.modules:
+        return
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 

@@ -59,6 +59,18 @@ make_shards('/tmp/dc-shards', n_train=3072, n_val=0, classes=1000, shard_size=51
 step pytest-gpu "${PYTEST_S:-60}" python3 -m pytest -q -m gpu -x tests/test_pipeline.py tests/test_model.py tests/test_lrn.py
 step bench-pipeline "${PIPE_S:-50}" python3 scripts/bench_pipeline.py --device cuda --samples 2000 --repeats 1 --batch-size 256 --json
 TAIL=8 step profile "${PROF_S:-45}" python3 -m alexnet_cli profile /tmp/dc-shards --device cuda --batch-size 256 --batches 15 --warmup 3 --peer-workers 16 --json --plot "$OUT/profile.png"
+# The full-size recipe's learning check (issue "Training that learns", item 2): the built-in
+# sample data, larger (10 classes x 400 training images: 31 steps of 128 an epoch), then
+# `alexnet train --batch-size 128` with no other option for 200 steps; bench_learning prints
+# the max loss / ln C (bar 1.5), the first step below 0.8 ln C (bar 200) and the dead fc7 share
+# (bar 10 %). The training is capped at 60 s of GPU time.
+if [ -z "${NO_LEARN:-}" ]; then
+  step learn-data "${LEARN_DATA_S:-120}" bash -c "python3 -m alexnet_cli sample-data /tmp/learn/raw --classes 10 \
+    --train-per-class 400 --val-per-class 20 && python3 -m alexnet_cli preprocess /tmp/learn/raw /tmp/learn/shards"
+  TAIL=8 step learn-full "${LEARN_S:-60}" python3 scripts/bench_learning.py --shards /tmp/learn/shards \
+    --work /tmp/learn --recipes "${LEARN_RECIPES:-full}" --seeds 0 --threads 4 --max-steps 200 --device cuda \
+    --json "$OUT/learn-full.json"
+fi
 if [ -n "${MODEL:-}" ]; then  # the model benchmark (~130 s), measured separately
   TAIL=14 step bench-model "${MODEL_S:-100}" python3 scripts/bench_gpu_model.py --compile on --steps 8 --windows 3 --json "$OUT/bench-model.json"
 fi
@@ -72,6 +84,9 @@ for name in ("bench-pipeline", "profile"):
         rec[name] = json.loads(lines[-1])
     except Exception as e:
         rec[name] = f"no result ({e})"
+p = os.path.join(out, "learn-full.json")
+if os.path.exists(p):
+    rec["learn-full"] = json.load(open(p))
 p = os.path.join(out, "bench-model.json")
 if os.path.exists(p):
     rec["bench-model"] = json.load(open(p)).get("summary", "see bench-model.json")

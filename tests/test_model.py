@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.model import INPUT_STD, AlexNet, count_parameters
+from train.model import AlexNet, PaperDropout, count_parameters, input_norm_for
 from train.optim import PaperSGD, param_groups
 
 # Parameters from the paper's layer shapes (Section 3.5, Figure 2), weights + biases, at width 1.
@@ -78,7 +78,7 @@ def test_output_shapes_and_features():
     assert torch.equal(logits, logits2)
     assert features.shape == (2, 2 * 256)          # fc7: 4096 * 0.125, both columns
     assert (features >= 0).all()                   # after ReLU
-    assert model.config == dict(num_classes=10, width=0.125, init="paper")
+    assert model.config == dict(num_classes=10, width=0.125, init="caffe", input_norm="image")
 
 
 @pytest.mark.parametrize("width", [0.5, 0.25, 0.125, 0.01])
@@ -140,30 +140,53 @@ def test_columns_meet_only_at_conv3_fc6_fc7():
     assert not torch.allclose(after["columns.0.fc7"], before["columns.0.fc7"])
 
 
-def test_paper_init(full_model):
-    """Section 5: weights N(0, 0.01) in every layer; biases 1 in conv2, conv4, conv5, fc6, fc7."""
-    ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
-    for column in full_model.columns:
+def check_normal_init(model, weight_std, bias):
+    """Every layer's weights ~ N(0, weight_std[name]) and biases == bias[name] (0 if absent)."""
+    for column in model.columns:
         for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
             layer = getattr(column, name)
-            assert abs(layer.weight.std().item() - 0.01) < 5e-4, name
-            assert abs(layer.weight.mean().item()) < 5e-4, name
-            assert torch.all(layer.bias == (1.0 if name in ones else 0.0)), name
-    assert abs(full_model.fc8.weight.std().item() - 0.01) < 5e-4
-    assert torch.all(full_model.fc8.bias == 0)
+            std = weight_std.get(name, 0.01)
+            assert abs(layer.weight.std().item() - std) < 0.05 * std, name
+            assert abs(layer.weight.mean().item()) < 0.05 * std, name
+            assert torch.all(layer.bias == bias.get(name, 0.0)), name
+    assert abs(model.fc8.weight.std().item() - 0.01) < 5e-4
+    assert torch.all(model.fc8.bias == 0)
+
+
+def test_paper_init():
+    """Section 5 literally: weights N(0, 0.01) in every layer; biases 1 in conv2, conv4, conv5, fc6, fc7."""
+    torch.manual_seed(0)
+    model = AlexNet(init="paper")
+    check_normal_init(model, {}, {name: 1.0 for name in ("conv2", "conv4", "conv5", "fc6", "fc7")})
+    assert model.config["input_norm"] == "image"
+
+
+def test_caffe_init_is_the_default():
+    """Section 5 as Caffe's bvlc_alexnet runs it: biases 0.1 where the paper has 1, fc6/fc7 N(0, 0.005)."""
+    torch.manual_seed(0)
+    model = AlexNet()
+    assert model.config["init"] == "caffe" and model.config["input_norm"] == "image"
+    check_normal_init(model, {"fc6": 0.005, "fc7": 0.005},
+                      {name: 0.1 for name in ("conv2", "conv4", "conv5", "fc6", "fc7")})
+
+
+def test_input_norm_follows_the_init_unless_given():
+    assert input_norm_for("kaiming") == "channel" and input_norm_for("paper") == input_norm_for("caffe") == "image"
+    assert AlexNet(4, width=0.125, init="kaiming").config["input_norm"] == "channel"
+    assert AlexNet(4, width=0.125, init="kaiming", input_norm="image").config["input_norm"] == "image"
+    with pytest.raises(ValueError, match="input_norm='raw'"):
+        AlexNet(4, width=0.125, input_norm="raw")
 
 
 def test_kaiming_init():
+    """Fan-in Kaiming-normal everywhere (unit-scale input: the loaders' "channel" normalisation)."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=100, width=0.5, init="kaiming")
     col = model.columns[0]
-    w = col.conv1.weight  # fan-in Kaiming scaled down by the paper's input std (0-255 scale)
-    fan_in = w.shape[1] * w.shape[2] * w.shape[3]
-    assert w.std().item() == pytest.approx(math.sqrt(2 / fan_in) / INPUT_STD, rel=0.1)
-    for name in ("conv2", "conv3", "conv4", "conv5"):
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
         w = getattr(col, name).weight
-        fan_out = w.shape[0] * w.shape[2] * w.shape[3]
-        assert w.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.1), name
+        fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+        assert w.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1), name
     for name in ("fc6", "fc7"):
         w = getattr(col, name).weight
         assert w.std().item() == pytest.approx(math.sqrt(2 / w.shape[1]), rel=0.05), name
@@ -208,7 +231,27 @@ def test_dropout_only_in_training():
     with torch.no_grad():
         assert not torch.equal(model.train()(x), model(x))
         assert torch.equal(model.eval()(x), model(x))
-    assert sum(isinstance(m, nn.Dropout) and m.p == 0.5 for m in model.modules()) == 2   # one per column
+    assert sum(isinstance(m, PaperDropout) and m.p == 0.5 for m in model.modules()) == 2   # one per column
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+
+
+def test_dropout_scales_as_section_4_2():
+    """Training: each output is zero with probability 1/2, else unchanged (no 2x); test: all x 0.5."""
+    torch.manual_seed(0)
+    drop = PaperDropout(0.5)
+    x = torch.rand(200, 500) + 0.5                     # no zeros of its own
+    y = drop.train()(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept])               # nn.Dropout would give 2x here
+    assert kept.float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert torch.equal(drop.eval()(x), x * 0.5)
+    # in the model: fc7's output into fc8 at test time is half of fc7's activity
+    model = AlexNet(num_classes=6, width=0.125, init="kaiming").eval()
+    col = model.columns[0]
+    both = torch.rand(3, col.fc7.in_features)
+    with torch.no_grad():
+        h, out = col.hidden7(both)
+    assert torch.equal(out, h * 0.5) and torch.equal(h, torch.relu(col.fc7(both)))
 
 
 @pytest.fixture
@@ -221,14 +264,15 @@ def one_thread():
 
 
 def test_width_quarter_learns_a_tiny_task_with_kaiming_init(one_thread):
-    """Four classes told apart by colour; loss drops from ~ln 4 to near 0 in 30 steps."""
+    """Four classes told apart by colour, unit-scale input: the loss falls from ~ln 4 to near 0
+    within 25 steps at the small-run recipe's lr (the real learning bar is in test_demo.py)."""
     torch.manual_seed(0)
     colours = torch.tensor([[1.0, -1, -1], [-1, 1, -1], [-1, -1, 1], [1, 1, -1]])
     g = torch.Generator().manual_seed(1)
     model = AlexNet(num_classes=4, width=0.25, init="kaiming")
     opt = PaperSGD(param_groups(model, 5e-4), lr=0.01)
     losses = []
-    for _ in range(30):
+    for _ in range(25):
         y = torch.randint(0, 4, (16,), generator=g)
         x = 0.5 * torch.randn(16, 3, 224, 224, generator=g) + 0.5 * colours[y][:, :, None, None]
         loss = nn.functional.cross_entropy(model(x), y)
@@ -237,7 +281,7 @@ def test_width_quarter_learns_a_tiny_task_with_kaiming_init(one_thread):
         opt.step()
         losses.append(loss.item())
     assert losses[0] > 1.0
-    assert sum(losses[-5:]) / 5 < 0.3, losses
+    assert min(losses) < 0.05 and sum(losses[-8:]) / 8 < 0.3, losses
 
 
 @pytest.mark.gpu

@@ -52,7 +52,8 @@ def test_run_directory(shards, tmp_path):
     for r in val_rows:
         assert 0 <= r["top1_error"] <= 1 and 0 <= r["top5_error"] <= r["top1_error"]
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["model_config"] == {"num_classes": 8, "width": 0.125, "init": "kaiming"}
+    assert state["model_config"] == {"num_classes": 8, "width": 0.125, "init": "kaiming", "input_norm": "channel"}
+    assert cfg["input_norm"] == "channel"  # resolved from the init, recorded as it ran
     assert state["step"] == 8 and state["epoch"] == 2
 
 
@@ -95,6 +96,50 @@ def test_step_schedule_and_plateau():
     p = PlateauSchedule(0.01, drops=3, patience=1)
     lrs = [p.on_validation(e) for e in (0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4)]
     assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.0001, 0.00001, 0.00001, 0.00001])  # three drops, no more
+
+
+def test_plateau_does_not_fire_before_the_error_starts_to_improve():
+    """A flat start at chance (10 classes: 0.9) is not "stopped improving"; once below 0.9 x chance
+    the usual rule applies, and the state survives a checkpoint."""
+    from train.schedule import PlateauSchedule
+
+    p = PlateauSchedule(0.01, drops=3, patience=2, started_below=0.81)
+    flat = [p.on_validation(e) for e in (0.9, 0.905, 0.9, 0.895, 0.9, 0.9)]
+    assert flat == [0.01] * 6 and not p.started
+    assert [p.on_validation(e) for e in (0.6, 0.5)] == [0.01, 0.01] and p.started
+    q = PlateauSchedule(0.01, drops=3, patience=2, started_below=0.81)
+    q.load_state_dict(p.state_dict())
+    assert [q.on_validation(e) for e in (0.5, 0.5, 0.5, 0.5)] == pytest.approx([0.01, 0.001, 0.001, 0.0001])
+
+
+def test_trainer_passes_the_chance_threshold(shards, tmp_path):
+    t = Trainer(TrainConfig(shards=shards, out=str(tmp_path / "run"), epochs=1, **SMALL), progress=False)
+    assert t.schedule.started_below == pytest.approx(0.9 * (1 - 1 / 8))
+    t.close()
+
+
+def test_one_step_of_the_small_run_recipe_moves_every_layer_alike(tmp_path):
+    """The small-run recipe (width 0.25, kaiming, batch 32, the default lr 0.01) on real shard
+    input: after one step every weight layer moved by a similar share of its norm. With conv1
+    scaled for 0-255 input (the old design) conv1 moved ~1000x more than the rest."""
+    d = tmp_path / "shards"
+    d.mkdir()
+    make_shards(d, n_train=64, n_val=8, classes=8, shard_size=32, seed=3)
+    torch.set_num_threads(1)
+    t = Trainer(TrainConfig(shards=str(d), out=str(tmp_path / "run"), width=0.25, init="kaiming", batch_size=32,
+                            device="cpu", max_steps=1), progress=False)
+    assert t.cfg.lr == 0.01 and t.cfg.input_norm == "channel"
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters() if n.endswith("weight")}
+    t.fit()
+    t.close()
+    moved = {n: ((p.detach() - before[n]).norm() / before[n].norm()).item()
+             for n, p in t.model.named_parameters() if n in before}
+    assert len(moved) == 15 and all(v > 0 for v in moved.values())
+    hidden = {n: v for n, v in moved.items() if not n.startswith("fc8")}
+    # conv1-fc7 of both columns within 4x of each other; fc8 (10-way here) at most 30x the least
+    assert max(hidden.values()) / min(hidden.values()) < 4, moved
+    assert max(moved.values()) / min(moved.values()) < 30, moved
+    assert max(moved.values()) < 0.05, moved  # no layer's step is a sizeable part of its weights
 
 
 def test_cli_train_eval_json(shards, tmp_path):

@@ -2,7 +2,7 @@
 
 A checkpoint holds everything `--resume` needs to continue exactly (model, optimiser, schedule,
 step, position in the epoch, RNG states) and everything `eval` and `figures` need to rebuild the
-model (`model_config`: num_classes, width, init), so those commands take no other arguments.
+model (`model_config`: num_classes, width, init, input_norm), so those commands take no other arguments.
 """
 import os
 import shutil
@@ -52,6 +52,8 @@ def model_from_checkpoint(path, devices=None):
 
     state = load_checkpoint(path)
     cfg = state["model_config"]
-    model = AlexNet(num_classes=cfg["num_classes"], devices=devices, width=cfg["width"], init=cfg["init"])
+    # checkpoints from before input_norm was recorded were all trained on the paper's input
+    model = AlexNet(num_classes=cfg["num_classes"], devices=devices, width=cfg["width"], init=cfg["init"],
+                    input_norm=cfg.get("input_norm", "image"))
     model.load_state_dict(state["model"])
     return model.eval(), state

@@ -59,8 +59,12 @@ def _check_shards(shards, split=None):
 @click.option("--devices", default=None, help="Column placement, e.g. cuda:0,cuda:1 (one column per GPU).")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Channel multiplier; 1.0 is the paper's net.")
-@click.option("--init", type=click.Choice(["paper", "kaiming"]), default="paper", show_default=True,
-              help="'paper' (Section 5) for full size; 'kaiming' for small --width runs.")
+@click.option("--init", type=click.Choice(["caffe", "paper", "kaiming"]), default="caffe", show_default=True,
+              help="'caffe': Section 5 with biases 0.1 (learns at full size); 'paper': Section 5 literally "
+                   "(biases 1; its loss goes flat at batch 128); 'kaiming': the small-run recipe.")
+@click.option("--input-norm", type=click.Choice(["image", "channel"]), default=None,
+              help="Model input: 'image' (0-255 minus the mean image, the paper's) or 'channel' "
+                   "((x/255-mean)/std). Default: 'channel' for --init kaiming, else 'image'.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True, help="torch.compile the model.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -72,18 +76,23 @@ def _check_shards(shards, split=None):
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between extra checkpoints (0: at epoch ends only).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="DALI worker threads.")
-def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width, init, amp, compile_, seed,
+def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width, init, input_norm, amp, compile_, seed,
           resume, schedule, lighting, val_every, log_every, checkpoint_every, threads):
     """Train the two-column AlexNet on SHARDS (Sections 3-5 of the paper).
 
     Writes OUT/config.json, OUT/metrics.jsonl, OUT/checkpoint-<step>.pt and OUT/last.pt.
     Many machines: start it with torchrun, one process per model replica (GPUs 2r and 2r+1).
 
+    Two recipes. Full size: the defaults (Section 5's SGD, batch 128, lr 0.01, --init caffe).
+    Small runs (reduced width, a CPU): --width 0.25 --init kaiming --batch-size 32, with lr,
+    schedule and lighting at their defaults; the input is then unit-scale ('channel').
+
     \b
     Examples:
-      alexnet train /data/shards --out runs/paper                      # the paper's recipe
+      alexnet train /data/shards --out runs/paper                      # full-size recipe
       alexnet train /data/shards --out runs/paper --devices cuda:0,cuda:1
-      alexnet train shards --width 0.25 --init kaiming --epochs 5 --device cpu
+      alexnet train /data/shards --out runs/literal --init paper       # Section 5 literally
+      alexnet train shards --device cpu --width 0.25 --init kaiming --batch-size 32 --epochs 8
       torchrun --nproc-per-node 4 -m alexnet_cli train /data/shards --out runs/dp
     """
     _check_shards(shards, "train")
@@ -95,7 +104,7 @@ def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width
     from train.trainer import Trainer, TrainingDiverged
 
     cfg = TrainConfig(shards=shards, out=out, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                      device=device, devices=_devices(devices), width=width, init=init, amp=amp,
+                      device=device, devices=_devices(devices), width=width, init=init, input_norm=input_norm, amp=amp,
                       compile=compile_, seed=seed, resume=resume, schedule=schedule, lighting=lighting,
                       val_every=val_every, log_every=log_every, checkpoint_every=checkpoint_every,
                       num_threads=threads)
@@ -105,7 +114,7 @@ def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width
         raise UserError(str(e)) from None
     if trainer.main:
         where = ", ".join(trainer.devices) if trainer.devices else "cpu"
-        click.echo(f"train: width {width}, init {init}, batch {batch_size} x {trainer.world} replica(s) on "
+        click.echo(f"train: width {width}, init {init}, input {cfg.input_norm}, batch {batch_size} x {trainer.world} replica(s) on "
                    f"{where}; {len(trainer.train_loader)} batches/epoch; run dir {out}", err=True)
     try:
         trainer.fit()
@@ -145,7 +154,7 @@ def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
     if model.config["num_classes"] != m.num_classes or state.get("classes", wnids) != wnids:
         raise UserError(f"{checkpoint} was trained on other classes ({model.config['num_classes']}) than {shards} "
                         f"has ({m.num_classes})")
-    loader = _loader(shards, "val", batch_size, device=device, ten_crop=ten_crop)
+    loader = _loader(shards, "val", batch_size, device=device, ten_crop=ten_crop, mean=model.config["input_norm"])
     r = run_eval(model, loader, device)
     r.pop("counts", None)
     r.update(ten_crop=ten_crop, step=state.get("step"))
@@ -161,27 +170,31 @@ def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
 @click.argument("shards", type=click.Path(file_okay=False))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--init", type=click.Choice(["caffe", "paper", "kaiming"]), default="caffe", show_default=True,
+              help="The model's init, which sets its input normalisation (as in `alexnet train`).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per measurement.")
 @click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Batches excluded before timing.")
 @click.option("--peer-workers", type=click.IntRange(1), default=None, help="Reference loader workers (default: cores, at most 16).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line of stdout.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of img/s per batch for each measurement.")
-def profile(shards, device, width, batch_size, batches, warmup, peer_workers, as_json, plot):
+def profile(shards, device, width, init, batch_size, batches, warmup, peer_workers, as_json, plot):
     """Measure input throughput against model throughput on SHARDS, and against a stock loader.
 
     \b
     Examples:
       alexnet profile /data/shards --device cuda --batch-size 256 --plot profile.png
-      alexnet profile shards --device cpu --width 0.25 --batch-size 32 --batches 10 --json
+      alexnet profile shards --device cpu --width 0.25 --init kaiming --batch-size 32 --batches 10 --json
     """
     from train.profile import format_table, plot_profile, run_profile
 
     _check_shards(shards, "train")
     device = _resolve_device(device)
-    _loader(shards, "train", batch_size, device=device)  # one-line errors before any timing
+    from train.model import input_norm_for
+
+    _loader(shards, "train", batch_size, device=device, mean=input_norm_for(init))  # one-line errors first
     say = (lambda m: click.echo(m, err=True))
-    r = run_profile(shards, device=device, width=width, batch_size=batch_size, batches=batches, warmup=warmup,
+    r = run_profile(shards, device=device, width=width, init=init, batch_size=batch_size, batches=batches, warmup=warmup,
                     peer_workers=peer_workers, progress=say)
     if plot:
         plot_profile(r, plot)

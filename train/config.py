@@ -22,7 +22,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     devices: Optional[Tuple[str, ...]] = None  # explicit column placement, e.g. ("cuda:0", "cuda:1")
     width: float = 1.0  # channel multiplier (1.0 = the paper's net)
-    init: str = "paper"  # paper | kaiming (small runs)
+    init: str = "caffe"  # caffe (full size) | paper (Section 5 literally) | kaiming (small runs)
+    input_norm: Optional[str] = None  # image | channel; None: the init's (train.model.input_norm_for)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
@@ -34,6 +35,12 @@ class TrainConfig:
     num_threads: Optional[int] = None  # DALI threads
     resume: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from train.model import input_norm_for
+
+        if self.input_norm is None:  # resolved here, so config.json records what ran
+            self.input_norm = input_norm_for(self.init)
 
     def save(self, run_dir) -> None:
         tmp = os.path.join(run_dir, "config.json.tmp")

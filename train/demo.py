@@ -10,11 +10,10 @@ import time
 
 import click
 
-# Small-run settings: 2 CPU cores must finish the whole demo in under 10 minutes. At reduced
-# width the paper's N(0, 0.01) init does not start learning for hundreds of steps (DESIGN.md,
-# Contract 3), so the demo uses Kaiming init and says so.
-DEMO = dict(classes=10, train_per_class=100, val_per_class=20, width=0.25, init="kaiming", batch_size=32,
-            lr=0.0007, epochs=20, lighting=0.1)
+# The small-run recipe of `alexnet train --help` and nothing else: quarter width, Kaiming init on
+# unit-scale input, batch 32, 8 epochs; lr, schedule and lighting at the trainer's defaults
+# (Section 5's). Measured in docs/PERFORMANCE.md (scripts/bench_learning.py).
+DEMO = dict(classes=10, train_per_class=100, val_per_class=20, width=0.25, init="kaiming", batch_size=32, epochs=8)
 
 
 def _step(title):
@@ -32,8 +31,10 @@ def _done(t0, what=""):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--epochs", type=click.IntRange(1), default=DEMO["epochs"], show_default=True)
 @click.option("--workers", type=click.IntRange(1), default=None, help="Preprocessing workers (default: all cores).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seeds training (initial weights, shuffle, augmentation); the sample data stay the same.")
 @click.pass_context
-def demo(ctx, out, device, epochs, workers):
+def demo(ctx, out, device, epochs, workers, seed):
     """Run the whole job on the built-in sample data and summarise it.
 
     \b
@@ -73,16 +74,24 @@ def demo(ctx, out, device, epochs, workers):
             raise click.ClickException("the fresh shards failed verification (see above)") from None
     _done(t)
 
-    t = _step(f"4/7 train: AlexNet at width {DEMO['width']} with {DEMO['init']} init (small-run settings; "
-              f"full size uses the paper's init) on {device}")
+    t = _step(f"4/7 train: the small-run recipe, AlexNet at width {DEMO['width']}, {DEMO['init']} init, "
+              f"batch {DEMO['batch_size']}, seed {seed} on {device}")
     last = os.path.join(run, "last.pt")
     resume = os.path.exists(last)
-    if resume and torch.load(last, map_location="cpu", weights_only=False)["epoch"] >= epochs:
+    if resume:
+        from train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(last)
+        was = state.get("train_config", {}).get("seed")
+        if was != seed:
+            raise click.UsageError(f"{run} holds a demo run with seed {was}: use another --out for seed {seed}")
+    if resume and state["epoch"] >= epochs:
         click.echo("   already trained, reused", err=True)
+        train_s = None
     else:
-        ctx.invoke(train, shards=shards, out=run, epochs=epochs, batch_size=DEMO["batch_size"], lr=DEMO["lr"],
-                   device=device, width=DEMO["width"], init=DEMO["init"], resume=resume, log_every=5,
-                   lighting=DEMO["lighting"])
+        ctx.invoke(train, shards=shards, out=run, epochs=epochs, batch_size=DEMO["batch_size"], device=device,
+                   width=DEMO["width"], init=DEMO["init"], seed=seed, resume=resume, log_every=5)
+        train_s = time.perf_counter() - t
     _done(t)
 
     t = _step("5/7 evaluate: centre crop and ten-crop (Section 4.1)")
@@ -100,7 +109,7 @@ def demo(ctx, out, device, epochs, workers):
     _done(t)
 
     t = _step(f"7/7 profile: input pipeline vs model vs stock loader -> {prof_png}")
-    prof = _capture_json(ctx, profile, shards=shards, device=device, width=DEMO["width"],
+    prof = _capture_json(ctx, profile, shards=shards, device=device, width=DEMO["width"], init=DEMO["init"],
                          batch_size=DEMO["batch_size"], batches=10, warmup=2, plot=prof_png)
     _done(t)
 
@@ -108,6 +117,9 @@ def demo(ctx, out, device, epochs, workers):
     click.secho("\n== summary", bold=True)
     click.echo(f"validation top-1 error: {100 * results[False]['top1_error']:.1f}% centre crop, "
                f"{100 * results[True]['top1_error']:.1f}% ten-crop (chance: {100 * chance:.0f}%)")
+    trained = f"{train_s:.0f} s" if train_s is not None else "reused"
+    click.echo(f"training: {epochs} epochs at batch {DEMO['batch_size']}, seed {seed}, {trained} on {device} "
+               f"({torch.get_num_threads()} torch threads)")
     click.echo(f"throughput on {device}: pipeline {prof['pipeline']['img_s']:.0f} img/s, "
                f"model {prof['model']['img_s']:.0f} img/s, together {prof['end_to_end']['img_s']:.0f} img/s "
                f"(data wait {100 * prof['data_wait']:.0f}%), reference loader {prof['peer']['img_s']:.0f} img/s")

@@ -58,9 +58,13 @@ def mean_crop(shards, manifest=None):
     return mean[off : off + CROP, off : off + CROP] * 255.0
 
 
-def to_display(images, mean_crop_255):
-    """Model inputs (N×3×224×224, 0–255 minus the mean) → uint8 N×224×224×3 for display."""
-    x = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1) + mean_crop_255[None]
+def to_display(images, mean_crop_255, scale_255=1.0):
+    """Model inputs → uint8 N×224×224×3 for display: x · scale + mean, in 0–255 units.
+
+    For the paper's input (0–255 minus the mean image) the mean is the mean image's crop and the
+    scale 1; for "channel" input ((x/255 − μ)/σ) they are 255·μ and 255·σ per channel.
+    """
+    x = images.detach().float().cpu().numpy().transpose(0, 2, 3, 1) * scale_255 + mean_crop_255[None]
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
@@ -116,14 +120,15 @@ class NeighbourSearch:
         self.images = np.zeros((nq, 0, CROP, CROP, 3), np.uint8)
         self.seen = 0
 
-    def add(self, feats, labels, images, mean_crop_255):
-        """One batch: features B×D, labels B, model inputs B×3×224×224 (for display)."""
+    def add(self, feats, labels, images, show):
+        """One batch: features B×D, labels B, model inputs B×3×224×224 and `show`, which turns
+        model inputs into uint8 images (e.g. `to_display` with the run's normalisation)."""
         import torch
 
         d, i = nearest(self.q, feats.detach().to(self.q.device), self.k)
         d, i = d.cpu(), i.cpu()
         want = sorted(set(i.flatten().tolist()))
-        shown = dict(zip(want, to_display(images[want], mean_crop_255)))
+        shown = dict(zip(want, show(images[want])))
         cand_imgs = np.stack([np.stack([shown[j] for j in row]) for row in i.tolist()])
         labels = labels.detach().cpu().long()
         dist = torch.cat([self.dist, d], dim=1)
@@ -186,7 +191,15 @@ def make_figures(shards, checkpoint, out_dir, device="cpu", n_predictions=8, n_n
     plot_kernels(model.conv1_weight(), path, columns=2)
     out["kernels"] = path
 
-    mcrop = mean_crop(shards, manifest)
+    input_norm = model.config["input_norm"]  # what training fed the model, from the checkpoint
+    if input_norm == "image":
+        offset, scale = mean_crop(shards, manifest), 1.0
+    else:
+        offset, scale = (255.0 * np.asarray(v, np.float32) for v in (manifest.stats.mean, manifest.stats.std))
+
+    def show(x):
+        return to_display(x, offset, scale)
+
     val_x = val_y = None
     want = max(n_predictions, n_neighbours)
     if want <= 0:
@@ -194,7 +207,7 @@ def make_figures(shards, checkpoint, out_dir, device="cpu", n_predictions=8, n_n
     elif "val" in manifest.splits and manifest.splits["val"].samples > 0:
         from pipeline import build_loader  # train never opens a tar: the pipeline reads the shards
 
-        val = build_loader(shards, "val", batch_size, in_device)
+        val = build_loader(shards, "val", batch_size, in_device, mean=input_norm)
         val_x, val_y = _take(val, want)
         del val
     else:
@@ -205,7 +218,7 @@ def make_figures(shards, checkpoint, out_dir, device="cpu", n_predictions=8, n_n
         x, y = val_x[:n_predictions], val_y[:n_predictions]
         probs, idx = top_predictions(model, x, k=5)
         path = os.path.join(out_dir, "predictions.png")
-        plot_predictions(to_display(x, mcrop), y.tolist(), probs.tolist(), idx.tolist(), names, path)
+        plot_predictions(show(x), y.tolist(), probs.tolist(), idx.tolist(), names, path)
         out["predictions"] = path
         jpath = os.path.join(out_dir, "predictions.json")
         with open(jpath, "w") as f:
@@ -224,6 +237,7 @@ def make_figures(shards, checkpoint, out_dir, device="cpu", n_predictions=8, n_n
             search = NeighbourSearch(qf.float(), k=k)
             # validation mode: centre crops, no flips, no lighting, shard order, every image once
             train = build_loader(shards, "train", batch_size, in_device, augment=False, lighting=0.0,
+                                 mean=input_norm,
                                  shuffle=False, drop_last=False)
             limit = n_train if n_train is not None else manifest.splits["train"].samples
             bar = None
@@ -240,14 +254,14 @@ def make_figures(shards, checkpoint, out_dir, device="cpu", n_predictions=8, n_n
                         break
                     x, y = x[: limit - search.seen], y[: limit - search.seen]
                     _, f = model(x, return_features=True)
-                    search.add(f.float(), y, x, mcrop)
+                    search.add(f.float(), y, x, show)
                     if bar is not None:
                         bar.update(x.shape[0])
             if bar is not None:
                 bar.close()
             del train
             path = os.path.join(out_dir, "neighbours.png")
-            plot_neighbours(to_display(qx, mcrop), qy.tolist(), search.images, search.labels.numpy(), names, path)
+            plot_neighbours(show(qx), qy.tolist(), search.images, search.labels.numpy(), names, path)
             out["neighbours"] = path
             jpath = os.path.join(out_dir, "neighbours.json")
             with open(jpath, "w") as f:

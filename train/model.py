@@ -13,19 +13,61 @@ from torch import nn
 
 from train.lrn import LRN
 
-__all__ = ["AlexNet", "Column", "count_parameters"]
+__all__ = ["AlexNet", "Column", "PaperDropout", "count_parameters", "input_norm_for"]
 
 # Channels of the whole network at width 1 (both columns together), Section 3.5.
 CONV_CHANNELS = (96, 256, 384, 384, 256)
 FC_HIDDEN = 4096
 POOLED_SIZE = 6          # spatial size after the third max-pool: 55 -> 27 -> 13 -> 6
-INITS = ("paper", "kaiming")
-INPUT_STD = 64.0         # rough std of the paper's input (0-255 minus the mean image), for kaiming
+# Initialisations (see _init_weights and docs/PERFORMANCE.md for what each gave here):
+#   "caffe"   the full-size default: Section 5 as Caffe's bvlc_alexnet replication runs it, biases
+#             0.1 where the paper has 1 and N(0, 0.005) for fc6/fc7; it learns at batch 128;
+#   "paper"   Section 5 literally: N(0, 0.01) weights, biases 1 in conv2, conv4, conv5, fc6, fc7;
+#   "kaiming" the small-run recipe (reduced --width): Kaiming-normal on unit-scale input.
+INITS = ("caffe", "paper", "kaiming")
+# What the loaders feed the model (pipeline.build_loader's `mean`): "image" is the paper's
+# 0-255 values minus the mean image (Section 2); "channel" is (x/255 - mu)/sigma per channel,
+# unit scale, which Kaiming's derivation assumes.
+INPUT_NORMS = ("image", "channel")
+
+
+def input_norm_for(init: str) -> str:
+    """The input normalisation an init is built for: unit scale for Kaiming, the paper's otherwise."""
+    return "channel" if init == "kaiming" else "image"
 
 
 def _per_column(full: int, width: float) -> int:
     """Channels of one column: half of ``full * width``, rounded, at least 1."""
     return max(1, int(round(full * width / 2)))
+
+
+class PaperDropout(nn.Module):
+    """Dropout as Section 4.2 writes it: in training each unit's output is set to zero with
+    probability ``p`` and the kept ones pass unchanged; at test time every output is multiplied
+    by ``1 - p`` (0.5 in the paper), "a reasonable approximation to taking the geometric mean".
+
+    ``nn.Dropout`` instead divides the kept units by ``1 - p`` in training and leaves test outputs
+    alone: the same ratio of train to test, but twice the paper's training activity flows into
+    the next layer (fc8's input doubles, so do its gradients, and SGD with weight decay then takes
+    other steps).
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training:
+            return x * (1.0 - self.p)
+        if self.p == 0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p)
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class Column(nn.Module):
@@ -46,9 +88,7 @@ class Column(nn.Module):
         self.fc7 = nn.Linear(2 * hidden, hidden)                         # both columns' fc6
         self.lrn = LRN(size=5, alpha=1e-4, beta=0.75, k=2.0)             # Section 3.3
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2)                # overlapping, Section 3.4
-        # Section 4.2 zeroes half the hidden units in training and halves the outputs at test
-        # time; nn.Dropout doubles the kept ones in training instead: the same expectation.
-        self.dropout = nn.Dropout(0.5)
+        self.dropout = PaperDropout(0.5)                                 # Section 4.2
 
     def features1(self, x):
         """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, within the column."""
@@ -66,32 +106,41 @@ class Column(nn.Module):
         return self.dropout(torch.relu(self.fc6(both)))
 
     def hidden7(self, both):
-        """fc7 after ReLU, before and after dropout (the same in eval mode)."""
+        """fc7 after ReLU, before and after dropout (in eval mode, dropout halves it)."""
         h = torch.relu(self.fc7(both))
         return h, self.dropout(h)
 
 
 class AlexNet(nn.Module):
-    """The paper's network (Figure 2): ``AlexNet(num_classes, devices, width, init)``.
+    """The paper's network (Figure 2): ``AlexNet(num_classes, devices, width, init, input_norm)``.
 
     Args:
         num_classes: outputs of fc8 (1000 for ImageNet).
         devices: None (CPU); one device or a 1-tuple (both columns on it, the same maths); or a
             pair (column 1 on ``devices[0]``, column 2 on ``devices[1]``; logits on devices[0]).
         width: multiplies every layer's channels and hidden units (1.0 is the paper's).
-        init: "paper" (Section 5: N(0, 0.01) weights; biases 1 in conv2, conv4, conv5, fc6,
-            fc7 and 0 elsewhere) or "kaiming" (Kaiming-normal, zero biases): the paper's
-            init does not start learning at reduced width for hundreds of steps.
+        init: "caffe" (the default: Section 5 with biases 0.1 instead of 1 and N(0, 0.005) for
+            fc6/fc7, as Caffe's replication), "paper" (Section 5 literally: N(0, 0.01) weights;
+            biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere; at batch 128 its loss
+            spikes and fc7 dies, docs/PERFORMANCE.md) or "kaiming" (Kaiming-normal, zero
+            biases, for unit-scale input: the small-run recipe).
+        input_norm: what the loaders feed it, "image" (0-255 minus the mean image, the paper's)
+            or "channel" (unit scale); None picks :func:`input_norm_for` the init. The model
+            does not apply it: it is recorded in ``config`` (and so in every checkpoint) for the
+            loaders of training, validation, ``eval``, ``figures`` and ``profile``.
     """
 
     def __init__(self, num_classes: int = 1000, devices=None, width: float = 1.0,
-                 init: str = "paper"):
+                 init: str = "caffe", input_norm: str | None = None):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
         if width <= 0:
             raise ValueError(f"width must be > 0, got {width}")
-        self.config = dict(num_classes=num_classes, width=width, init=init)
+        input_norm = input_norm or input_norm_for(init)
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm={input_norm!r} is not one of {', '.join(INPUT_NORMS)}")
+        self.config = dict(num_classes=num_classes, width=width, init=init, input_norm=input_norm)
         self.columns = nn.ModuleList([Column(width), Column(width)])
         self.fc8 = nn.Linear(2 * _per_column(FC_HIDDEN, width), num_classes)
         _init_weights(self, init)
@@ -149,29 +198,33 @@ def _placement(devices):
 
 
 def _init_weights(model: AlexNet, init: str):
-    """Section 5 ("paper") or Kaiming-normal ("kaiming"): see AlexNet's docstring."""
-    ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}      # the paper's biases of 1
+    """Section 5 ("paper"), its Caffe replication ("caffe") or Kaiming-normal ("kaiming").
+
+    Why "caffe" is the default at full size (measured, docs/PERFORMANCE.md): with the paper's
+    biases of 1, every fc7 unit starts positive and large, so fc8's input has a big common mode
+    (4096 units of about 1); fc8's gradient is that input times the softmax error, and at step 0
+    its relative size was 11.5 (0.06-0.5 elsewhere). With lr 0.01 the logits jump to a std of ~26
+    within five steps, and the correction drives the fc7 units negative: 0.3 % of them were still
+    active at step 20, and the loss sat at ln C. Biases of 0.1 and smaller fc6/fc7 weights, as in
+    Caffe's bvlc_alexnet ("initialization to 1 gave flat loss"), keep fc8's input small.
+    """
+    paper_ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}      # the paper's biases of 1
     layers = [(name, layer) for column in model.columns for name, layer in column.named_children()
               if isinstance(layer, (nn.Conv2d, nn.Linear))] + [("fc8", model.fc8)]
     with torch.no_grad():
         for name, layer in layers:
             if init == "paper":
                 layer.weight.normal_(0.0, 0.01)
-                layer.bias.fill_(1.0 if name in ones else 0.0)
-                continue
-            if name == "conv1":
-                # Kaiming assumes unit-variance input; the paper's input (0-255 values minus the
-                # mean image) has a std of about 60 (ImageNet: 0.23 x 255), so conv1 is scaled
-                # down by INPUT_STD to keep every layer near unit scale.
-                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
-                layer.weight.div_(INPUT_STD)
-            elif isinstance(layer, nn.Conv2d):
-                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-            elif name == "fc8":                              # no ReLU after: unit gain
-                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="linear")
+                layer.bias.fill_(1.0 if name in paper_ones else 0.0)
+            elif init == "caffe":
+                layer.weight.normal_(0.0, 0.005 if name in ("fc6", "fc7") else 0.01)
+                layer.bias.fill_(0.1 if name in paper_ones else 0.0)
             else:
-                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
-            layer.bias.zero_()
+                # Kaiming's derivation (fan-in, so every layer's forward signal keeps unit scale)
+                # needs unit-variance input: the loaders give "channel" normalisation for this init.
+                gain = "linear" if name == "fc8" else "relu"        # no ReLU after fc8
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity=gain)
+                layer.bias.zero_()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -66,13 +66,13 @@ def _time_loader(loader, n, warmup, device):
 class _Stepper:
     """One training step of the model (forward, backward, Section 5's SGD), as in `alexnet train`."""
 
-    def __init__(self, num_classes, device, width, amp, channels_last):
+    def __init__(self, num_classes, device, width, amp, channels_last, init="caffe"):
         from train.model import AlexNet
         from train.optim import PaperSGD, param_groups
 
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
-        self.model = AlexNet(num_classes, devices=(str(self.device),) if cuda else None, width=width, init="kaiming")
+        self.model = AlexNet(num_classes, devices=(str(self.device),) if cuda else None, width=width, init=init)
         self.memory_format = torch.channels_last if (cuda and channels_last) else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.opt = PaperSGD(param_groups(self.model, 5e-4), lr=0.001)
@@ -93,7 +93,7 @@ def _summary(times, sizes):
 
 
 def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, warmup=3, peer_workers=None,
-                amp=True, channels_last=True, progress=print):
+                amp=True, channels_last=True, progress=print, init="caffe"):
     from pipeline import build_loader
     from pipeline.reference import build_reference_loader
     from shards import Manifest
@@ -106,12 +106,16 @@ def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, war
               "warmup_batches": warmup, "amp_bf16": bool(amp and torch.device(device).type == "cuda")}
 
     progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {batch_size})")
-    loader = build_loader(shards, "train", batch_size, device=device, memory_format=mf)
+    from train.model import input_norm_for
+
+    input_norm = input_norm_for(init)  # the input a training run with this init reads
+    loader = build_loader(shards, "train", batch_size, device=device, memory_format=mf, mean=input_norm)
     result["pipeline"] = _summary(*_time_loader(loader, batches, warmup, device))
 
     progress("profile: model alone on synthetic input")
-    step = _Stepper(manifest.num_classes, device, width, amp, channels_last)
-    x = torch.randn(batch_size, 3, 224, 224, device=device).mul_(60).contiguous(memory_format=mf)
+    step = _Stepper(manifest.num_classes, device, width, amp, channels_last, init)
+    scale = 60.0 if input_norm == "image" else 1.0  # the loader's output scale
+    x = torch.randn(batch_size, 3, 224, 224, device=device).mul_(scale).contiguous(memory_format=mf)
     y = torch.randint(0, manifest.num_classes, (batch_size,), device=device)
     clock = _Clock(device)
     for i in range(batches + warmup):
@@ -140,7 +144,7 @@ def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, war
     result["end_to_end"]["data_wait"] = result["data_wait"]
 
     progress(f"profile: reference loader (webdataset + PIL + DataLoader, {peer_workers} workers)")
-    peer = build_reference_loader(shards, "train", batch_size, num_workers=peer_workers)
+    peer = build_reference_loader(shards, "train", batch_size, num_workers=peer_workers, mean=input_norm)
     # every worker's first batch is built during start-up: warm up until all have delivered
     peer_warmup = max(warmup, peer_workers)
     result["peer"] = _summary(*_time_loader(peer, batches, peer_warmup, device))

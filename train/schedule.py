@@ -7,10 +7,19 @@ and reduced three times prior to termination."
 
 
 class PlateauSchedule:
-    """Divide the rate by 10 after `patience` validations without improvement, at most `drops` times."""
+    """Divide the rate by 10 after `patience` validations without improvement, at most `drops` times.
 
-    def __init__(self, lr, drops=3, patience=2, min_delta=1e-4):
+    "Stopped improving" presumes it had started: validations count towards `patience` only once
+    an error below `started_below` has been seen (the trainer passes 0.9 x the chance error).
+    A run's first steps often sit at chance (the loss flat at ln C, docs/PERFORMANCE.md); on a
+    small dataset an epoch is a few steps, and counting those epochs would cut the rate three
+    times before learning began.
+    """
+
+    def __init__(self, lr, drops=3, patience=2, min_delta=1e-4, started_below=1.0):
         self.lr, self.drops, self.patience, self.min_delta = lr, drops, patience, min_delta
+        self.started_below = started_below
+        self.started = False
         self.best = float("inf")
         self.bad = 0
         self.dropped = 0
@@ -19,7 +28,10 @@ class PlateauSchedule:
         return self.lr
 
     def on_validation(self, error):
-        if error < self.best - self.min_delta:
+        self.started = self.started or error < self.started_below
+        if not self.started:
+            self.best = min(self.best, error)
+        elif error < self.best - self.min_delta:
             self.best, self.bad = error, 0
         else:
             self.bad += 1
@@ -57,9 +69,9 @@ class StepSchedule:
         vars(self).update(d)
 
 
-def make_schedule(name, lr, drops=3, patience=2, steps=(30, 60, 80)):
+def make_schedule(name, lr, drops=3, patience=2, steps=(30, 60, 80), started_below=1.0):
     if name == "plateau":
-        return PlateauSchedule(lr, drops=drops, patience=patience)
+        return PlateauSchedule(lr, drops=drops, patience=patience, started_below=started_below)
     if name == "step":
         return StepSchedule(lr, steps=steps)
     raise ValueError(f"--schedule must be 'plateau' or 'step', not {name!r}")

@@ -125,14 +125,15 @@ class Trainer:
         self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
         common = dict(device=self.device.type if not self.cuda else str(self.device), rank=self.rank,
                       world_size=self.world, seed=cfg.seed, num_threads=cfg.num_threads,
-                      memory_format=self.memory_format)
+                      memory_format=self.memory_format, mean=cfg.input_norm)
         self.train_loader = build_loader(cfg.shards, "train", cfg.batch_size, lighting=cfg.lighting, **common)
         self.val_loader = (
             build_loader(cfg.shards, "val", cfg.batch_size, **common) if "val" in self.manifest.splits else None
         )
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every replica
-        self.model = AlexNet(self.manifest.num_classes, devices=self.devices, width=cfg.width, init=cfg.init)
+        self.model = AlexNet(self.manifest.num_classes, devices=self.devices, width=cfg.width, init=cfg.init,
+                             input_norm=cfg.input_norm)
         torch.manual_seed(cfg.seed + 1000 * self.rank + 1)  # then dropout differs per replica
         if self.devices is None:
             self.model.to(memory_format=self.memory_format)
@@ -141,7 +142,9 @@ class Trainer:
         self.optimizer = PaperSGD(
             param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
         )
-        self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.lr_drops, cfg.patience, cfg.lr_steps)
+        chance = 1.0 - 1.0 / self.manifest.num_classes
+        self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.lr_drops, cfg.patience, cfg.lr_steps,
+                                      started_below=0.9 * chance)
         self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -193,7 +196,8 @@ class Trainer:
             raise FileNotFoundError(f"--resume: {path} does not exist (start without --resume)")
         state = load_checkpoint(path)
         mc = state["model_config"]
-        if (mc["width"], mc["init"], mc["num_classes"]) != (self.cfg.width, self.cfg.init, self.manifest.num_classes):
+        if ((mc["width"], mc["init"], mc.get("input_norm", "image"), mc["num_classes"])
+                != (self.cfg.width, self.cfg.init, self.cfg.input_norm, self.manifest.num_classes)):
             raise ValueError(f"--resume: {path} was trained with other model settings {mc}")
         was = state.get("train_config", {})
         if was.get("batch_size", self.cfg.batch_size) != self.cfg.batch_size or state.get("world_size", 1) != self.world:
