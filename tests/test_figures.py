@@ -105,7 +105,8 @@ def test_predictions_are_the_softmax_top5(run):
 
     model, _ = model_from_checkpoint(run["ckpt"])
     xs, ys = [], []
-    for x, y in build_loader(run["shards"], "val", BATCH, "cpu"):
+    assert model.config["input_norm"] == "channel"  # figures must read the shards as training did
+    for x, y in build_loader(run["shards"], "val", BATCH, "cpu", mean=model.config["input_norm"]):
         xs.append(x)
         ys.append(y)
     x, y = torch.cat(xs)[:N_PRED], torch.cat(ys)[:N_PRED]
@@ -125,11 +126,12 @@ def test_neighbours_are_the_true_nearest_training_images(run):
 
     model, _ = model_from_checkpoint(run["ckpt"])
     with torch.no_grad():
-        qx, qy = next(iter(build_loader(run["shards"], "val", BATCH, "cpu")))
+        norm = model.config["input_norm"]
+        qx, qy = next(iter(build_loader(run["shards"], "val", BATCH, "cpu", mean=norm)))
         _, qf = model(qx[:N_QUERIES], return_features=True)
         feats, labels = [], []
         for x, y in build_loader(run["shards"], "train", BATCH, "cpu", augment=False, lighting=0.0,
-                                 shuffle=False, drop_last=False):
+                                 shuffle=False, drop_last=False, mean=norm):
             feats.append(model(x, return_features=True)[1])
             labels.append(y)
     train_f, train_y = torch.cat(feats).numpy().astype(np.float64), torch.cat(labels).numpy()
@@ -186,7 +188,7 @@ def test_streaming_search_equals_the_full_search():
     zero = np.zeros((224, 224, 3), np.float32)
     s = NeighbourSearch(q, k=6)
     for a in range(0, 37, 8):
-        s.add(t[a : a + 8], torch.arange(a, min(a + 8, 37)) % 4, images[a : a + 8], zero)
+        s.add(t[a : a + 8], torch.arange(a, min(a + 8, 37)) % 4, images[a : a + 8], lambda x: to_display(x, zero))
     d, i = nearest(q, t, 6)
     assert s.seen == 37
     np.testing.assert_array_equal(s.index.numpy(), i.numpy())
@@ -219,6 +221,26 @@ def test_to_display_adds_the_mean_and_clips(tmp_path):
     assert shown.dtype == np.uint8 and shown.shape == (1, 224, 224, 3)
     assert shown[0, 0, 0, 0] == 255 and shown[0, 0, 0, 1] == 0
     np.testing.assert_array_equal(shown[0, 5, 5], np.rint(mc[5, 5]))
+
+
+def test_to_display_undoes_the_channel_normalisation(tmp_path):
+    """"channel" input (x/255 − μ)/σ is shown as x again: the DALI loader's centre crop, undone,
+    equals the stored image's centre crop (up to JPEG decoding, which is the same libjpeg here)."""
+    from PIL import Image as PILImage
+
+    from pipeline import build_loader
+    from shards import Manifest
+
+    make_shards(tmp_path, n_train=4, n_val=2, classes=2, shard_size=4, seed=0)
+    stats = Manifest.load(tmp_path).stats
+    x, _ = next(iter(build_loader(tmp_path, "val", 2, "cpu", mean="channel")))
+    shown = to_display(x, 255 * np.asarray(stats.mean, np.float32), 255 * np.asarray(stats.std, np.float32))
+    import tarfile
+
+    with tarfile.open(tmp_path / "val-000000.tar") as tar:
+        jpg = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+        original = np.asarray(PILImage.open(tar.extractfile(jpg)).convert("RGB"))[16:240, 16:240]
+    assert np.abs(shown[0].astype(int) - original.astype(int)).max() <= 2
 
 
 def test_plot_curves_reads_training_and_validation_rows(tmp_path):

@@ -157,6 +157,27 @@ def test_cli_train_eval_json(shards, tmp_path):
     assert r.exit_code == 2 and "--resume" in r.output
 
 
+def test_eval_reads_the_input_normalisation_training_used(shards, tmp_path):
+    """A kaiming run trains on "channel" input; `eval` rebuilds that loader from the checkpoint."""
+    from pipeline import build_loader
+    from train.checkpoint import model_from_checkpoint
+    from train.evaluate import evaluate
+
+    run = tmp_path / "run"
+    _train(shards, run, epochs=1)
+    model, state = model_from_checkpoint(run / "last.pt")
+    assert state["model_config"]["input_norm"] == "channel"
+    r = CliRunner().invoke(cli, ["eval", shards, str(run / "last.pt"), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout.strip().splitlines()[-1])["loss"]
+    expected = {m: evaluate(model, build_loader(shards, "val", 6, device="cpu", mean=m), "cpu")["loss"]
+                for m in ("channel", "image")}
+    assert got == pytest.approx(expected["channel"], rel=1e-5) and got != pytest.approx(expected["image"], rel=1e-2)
+    # resuming with another input normalisation is refused
+    with pytest.raises(ValueError, match="other model settings"):
+        _train(shards, run, epochs=2, resume=True, input_norm="image")
+
+
 def test_ten_crop_eval_equals_mean_of_softmax(shards):
     """eval --ten-crop averages the softmax over the ten patches (Section 4.1)."""
     from pipeline import build_loader
