@@ -61,7 +61,7 @@ def _check_shards(shards, split=None):
               help="Channel multiplier; 1.0 is the paper's net.")
 @click.option("--init", type=click.Choice(["caffe", "paper", "kaiming"]), default="caffe", show_default=True,
               help="'caffe': Section 5 with biases 0.1 (learns at full size); 'paper': Section 5 literally "
-                   "(biases 1; its loss goes flat at batch 128); 'kaiming': the small-run recipe.")
+                   "(biases 1; more dead fc7 units, docs/PERFORMANCE.md); 'kaiming': the small-run recipe.")
 @click.option("--input-norm", type=click.Choice(["image", "channel"]), default=None,
               help="Model input: 'image' (0-255 minus the mean image, the paper's) or 'channel' "
                    "((x/255-mean)/std). Default: 'channel' for --init kaiming, else 'image'.")

@@ -121,8 +121,9 @@ class AlexNet(nn.Module):
         width: multiplies every layer's channels and hidden units (1.0 is the paper's).
         init: "caffe" (the default: Section 5 with biases 0.1 instead of 1 and N(0, 0.005) for
             fc6/fc7, as Caffe's replication), "paper" (Section 5 literally: N(0, 0.01) weights;
-            biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere; at batch 128 its loss
-            spikes and fc7 dies, docs/PERFORMANCE.md) or "kaiming" (Kaiming-normal, zero
+            biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere; with nn.Dropout its loss
+            spiked and fc7 died at batch 128; with Section 4.2's dropout it learned but left
+            6x as many fc7 units dead, docs/PERFORMANCE.md) or "kaiming" (Kaiming-normal, zero
             biases, for unit-scale input: the small-run recipe).
         input_norm: what the loaders feed it, "image" (0-255 minus the mean image, the paper's)
             or "channel" (unit scale); None picks :func:`input_norm_for` the init. The model
@@ -207,7 +208,9 @@ def _init_weights(model: AlexNet, init: str):
     within five steps, and the correction drives the fc7 units negative: the share of positive
     fc7 activations fell from 0.65 to 0.003 by step 20, and the loss sat at ln C. Biases of 0.1
     and smaller fc6/fc7 weights, as in Caffe's bvlc_alexnet ("initialization to 1 gave flat
-    loss"), keep fc8's input small. Section 4.2's dropout (no 2x in training) halves it again.
+    loss"), keep fc8's input small. Those figures were taken with nn.Dropout; Section 4.2's
+    dropout (no 2x in training) halves fc8's input, and with it the literal init learned on the
+    demo data too, but left 9.4 % of fc7 dead against 1.5 % for "caffe" (one seed each).
     """
     paper_ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}      # the paper's biases of 1
     layers = [(name, layer) for column in model.columns for name, layer in column.named_children()
