@@ -57,6 +57,15 @@ def test_run_directory(shards, tmp_path):
     assert state["step"] == 8 and state["epoch"] == 2
 
 
+def test_fresh_start_drops_metrics_of_a_run_killed_before_its_first_checkpoint(shards, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}, "loss": 9.0}}\n' for s in (1, 2, 3)))
+    _train(shards, run, epochs=1)
+    steps = [r["step"] for r in _rows(run) if "top1_error" not in r]
+    assert steps == [1, 2, 3, 4] and all(r["loss"] != 9.0 for r in _rows(run))
+
+
 def test_resume_follows_the_same_trajectory(shards, tmp_path):
     """Stopped mid-epoch by --max-steps and resumed, a CPU run ends with the same weights."""
     full = _train(shards, tmp_path / "full", epochs=2, max_steps=7)

@@ -159,7 +159,8 @@ class Trainer:
         self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
         if cfg.resume:
             self._resume()
-        elif self.main:
+        elif self.main:  # a fresh start: rows left by a run killed before its first checkpoint go
+            self.metrics.truncate_after(0)
             cfg.save(cfg.out)
 
     # --- checkpoints ---------------------------------------------------------------------
