@@ -14,12 +14,16 @@ is reported in errors.jsonl at its place like any damaged file.
 import csv
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLITS = ("train", "val")
 KAGGLE_ROOT = os.path.join("ILSVRC", "Data", "CLS-LOC")
+
+
+WNID = re.compile(r"n\d{8}")  # a WordNet id, as ImageNet names its class folders
 
 
 class ScanError(ValueError):
@@ -63,6 +67,24 @@ def _subdirs(folder: str) -> List[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
+def class_folders(train: str, names: Dict[str, str]) -> List[str]:
+    """The sorted class folders of train/: each must be a wnid (n + 8 digits) or be listed in
+    LOC_synset_mapping.txt, and hold at least one image. Any other folder would silently become a
+    class and move the index of every class after it, so it is refused (ScanError, one line)."""
+    folders = _subdirs(train)
+    if not folders:
+        raise ScanError(f"{train}: no class folders (expected train/<wnid>/*.JPEG)")
+    for f in folders:
+        path = os.path.join(train, f)
+        if not (WNID.fullmatch(f) or f in names):
+            raise ScanError(f"{path}: not a class folder (not a wnid like n01440764, nor listed in "
+                            "LOC_synset_mapping.txt); move it out of train/ or list it")
+        if not _images(path):
+            raise ScanError(f"{path}: a class folder with no image files; remove it or add its images "
+                            "(an empty class would shift the index of every class after it)")
+    return folders
+
+
 def find_root(src: str) -> Tuple[str, str]:
     """(folder holding train/ and val/, its path relative to SRC: '' or the Kaggle nesting)."""
     if not os.path.isdir(src):
@@ -101,10 +123,9 @@ def scan(src: str, splits=SPLITS) -> Source:
     src = os.path.abspath(src)
     data, rel = find_root(src)
     prefix = f"{rel.replace(os.sep, '/')}/" if rel else ""
-    wnids = _subdirs(os.path.join(data, "train"))
-    if not wnids:
-        raise ScanError(f"{os.path.join(data, 'train')}: no class folders (expected train/<wnid>/*.JPEG)")
-    source = Source(root=src, wnids=wnids, names=read_names(src))
+    names = read_names(src)
+    wnids = class_folders(os.path.join(data, "train"), names)
+    source = Source(root=src, wnids=wnids, names=names)
     index = {w: i for i, w in enumerate(wnids)}
     if "train" in splits:
         items = [

@@ -435,6 +435,31 @@ def test_cli_run_summary_and_max_errors_exit_1(src, tmp_path):
     assert (tmp_path / "b" / "manifest.json").exists()
 
 
+@pytest.mark.parametrize("stray, files, says", [
+    ("n01440764_backup_old", 1, "not a class folder"),   # not a wnid: would become class 1
+    ("n09999999", 0, "no image files"),                 # a wnid, but empty: an index with no images
+])
+def test_stray_or_empty_class_folder_is_refused_not_a_class(src, tmp_path, stray, files, says):
+    """A folder in train/ that is not a class must not shift every later class's index."""
+    tree = tmp_path / "tree"
+    shutil.copytree(src, tree)
+    folder = tree / "train" / stray
+    folder.mkdir()
+    first = sorted((tree / "train" / sample_data.wnid(0)).iterdir())[0]
+    for i in range(files):
+        shutil.copy(first, folder / f"copy{i}.JPEG")
+    result = cli("preprocess", tree, tmp_path / "o", "--workers", "1", "-q")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(folder) in lines[0] and says in lines[0], result.stderr
+    assert not (tmp_path / "o").exists()
+    # listed in LOC_synset_mapping.txt, a non-wnid folder with images is a class of its own
+    if files:
+        with open(tree / "LOC_synset_mapping.txt", "a") as f:
+            f.write(f"{stray} my own class\n")
+        assert stray in scan(str(tree)).wnids
+
+
 def test_cli_sample_data(tmp_path):
     result = cli("sample-data", tmp_path / "s", "--classes", "2", "--train-per-class", "2", "--val-per-class", "1")
     assert result.exit_code == 0, result.output
