@@ -108,13 +108,37 @@ def read_names(src: str) -> Dict[str, str]:
 
 
 def read_val_solution(src: str) -> Dict[str, str]:
-    """ImageId -> wnid (the first one of PredictionString)."""
+    """ImageId -> wnid (the first one of PredictionString) from SRC/LOC_val_solution.csv.
+
+    A UTF-8 byte-order mark (Excel and many Windows tools write one) is tolerated; a file that is
+    not UTF-8, is empty, lacks the header `ImageId,PredictionString` (a header-less or
+    `;`-separated file) or labels no image is a ScanError naming the file: it would otherwise put
+    every validation image in errors.jsonl as unlabelled and leave no val split.
+    """
+    path = os.path.join(src, "LOC_val_solution.csv")
     labels = {}
-    with open(os.path.join(src, "LOC_val_solution.csv"), newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            pred = (row.get("PredictionString") or "").split()
-            if row.get("ImageId") and pred:
-                labels[row["ImageId"]] = pred[0]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            if not header:
+                raise ScanError(f"{path}: the file is empty (expected the header ImageId,PredictionString)")
+            if not {"ImageId", "PredictionString"} <= set(header):
+                raise ScanError(f"{path}: expected the header ImageId,PredictionString (comma-separated), "
+                                f"found {','.join(header)[:80]!r}")
+            reader.fieldnames = header
+            for row in reader:
+                pred = (row.get("PredictionString") or "").split()
+                image = (row.get("ImageId") or "").strip()
+                if image and pred:
+                    labels[image] = pred[0]
+    except UnicodeDecodeError as e:
+        raise ScanError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        "save it as UTF-8") from None
+    except csv.Error as e:
+        raise ScanError(f"{path}: not a readable CSV ({e})") from None
+    if not labels:
+        raise ScanError(f"{path}: no row has an ImageId and a PredictionString wnid")
     return labels
 
 

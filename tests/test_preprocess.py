@@ -460,6 +460,34 @@ def test_stray_or_empty_class_folder_is_refused_not_a_class(src, tmp_path, stray
         assert stray in scan(str(tree)).wnids
 
 
+@pytest.mark.parametrize("case, says", [
+    ("bom", None),                                        # Excel's UTF-8 BOM: read as usual
+    ("semicolon", "expected the header ImageId,PredictionString"),
+    ("headerless", "expected the header ImageId,PredictionString"),
+    ("empty", "the file is empty"),
+    ("latin1", "not UTF-8 text"),
+])
+def test_validation_csv_variants(src, tmp_path, case, says):
+    tree = tmp_path / "tree"
+    shutil.copytree(src, tree)
+    csv_path = tree / "LOC_val_solution.csv"
+    original = csv_path.read_bytes()
+    body = original.split(b"\n", 1)[1]
+    csv_path.write_bytes({"bom": b"\xef\xbb\xbf" + original, "semicolon": original.replace(b",", b";"),
+                          "headerless": body, "empty": b"",
+                          "latin1": b"ImageId,PredictionString\nval_caf\xe9,n01440764 1 2 3 4\n"}[case])
+    result = cli("preprocess", tree, tmp_path / "o", "--workers", "1", "-q")
+    if says is None:
+        assert result.exit_code == 0, result.output
+        m = json.load(open(tmp_path / "o" / "manifest.json"))
+        assert m["splits"]["val"]["samples"] == CLASSES * VAL_PER_CLASS  # every val image labelled
+        return
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(csv_path) in lines[0] and says in lines[0], result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_sample_data(tmp_path):
     result = cli("sample-data", tmp_path / "s", "--classes", "2", "--train-per-class", "2", "--val-per-class", "1")
     assert result.exit_code == 0, result.output
