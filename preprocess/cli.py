@@ -121,7 +121,7 @@ def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_e
     _single_threaded_blas()
     from preprocess.outdir import OutError
     from preprocess.plan import Settings
-    from preprocess.run import TooManyErrors, preprocess as run
+    from preprocess.run import NothingUsable, TooManyErrors, preprocess as run
     from preprocess.scan import ScanError
 
     settings = Settings(src=src, out=out, shard_size=shard_size, quality=quality, seed=seed, split=split,
@@ -132,6 +132,9 @@ def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_e
         summary = run(settings, show_progress=not quiet)
     except (ScanError, OutError) as e:
         raise UserError(str(e)) from None
+    except NothingUsable as e:  # damage found: exit 1
+        click.echo(f"alexnet preprocess: error: {e}", err=True)
+        sys.exit(1)
     except TooManyErrors as e:
         click.echo(e.summary.line())
         click.echo(f"alexnet preprocess: error: {e}", err=True)

@@ -52,6 +52,10 @@ class TooManyErrors(RuntimeError):
         self.summary = summary
 
 
+class NothingUsable(RuntimeError):
+    """Every source image of a split failed: errors.jsonl lists them, and no manifest is written."""
+
+
 def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
     """Run the job; raises ScanError/OutError for bad input, TooManyErrors after finishing."""
     t0 = time.perf_counter()
@@ -176,7 +180,10 @@ def _write_shard(out: str, task: ShardTask, samples, errors, sums) -> outdir.Sha
 
 
 def _finish(out: str, plan: Plan, owned, records, existing: Optional[Manifest], params: dict, source) -> int:
-    """Write statistics, errors.jsonl and (last) manifest.json. Returns this run's error count."""
+    """Write statistics, errors.jsonl and (last) manifest.json. Returns this run's error count.
+
+    A split of which this run owns shards but every image failed gets errors.jsonl and no
+    manifest (NothingUsable): a shard directory with 0 images must not look complete."""
     splits = dict(existing.splits) if existing else {}
     stats = existing.stats if existing else None
     old_errors = _read_errors(out)
@@ -194,6 +201,10 @@ def _finish(out: str, plan: Plan, owned, records, existing: Optional[Manifest], 
         if split == "train":
             stats = _write_stats(out, [t.stem for t in tasks])
     write_errors(out, error_lines)
+    failed = [split for split, tasks in owned.items() if tasks and split not in splits]
+    if failed:
+        raise NothingUsable(f"every image of the {' and '.join(failed)} split failed; no manifest was "
+                            f"written (see {os.path.join(out, 'errors.jsonl')})")
     classes = [ClassInfo(i, w, source.names.get(w, w)) for i, w in enumerate(source.wnids)]
     ordered = {s: splits[s] for s in SPLIT_ORDER if s in splits}
     Manifest(image_size=params["size"], classes=classes, params=params, splits=ordered, stats=stats,

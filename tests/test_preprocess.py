@@ -488,6 +488,22 @@ def test_validation_csv_variants(src, tmp_path, case, says):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_tree_of_only_bad_images_exits_1_without_a_manifest(tmp_path):
+    for k, data in enumerate((b"not an image", b"\xff\xd8\xff\xe0 truncated")):
+        folder = tmp_path / "src" / "train" / sample_data.wnid(k)
+        folder.mkdir(parents=True)
+        for i in range(3):
+            (folder / f"x{i}.JPEG").write_bytes(data)
+    result = cli("preprocess", tmp_path / "src", tmp_path / "o", "--workers", "1", "-q")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "every image of the train split failed" in lines[0], result.stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+    assert len([line for line in open(tmp_path / "o" / "errors.jsonl") if '"path"' in line]) == 6
+    result = cli("verify", tmp_path / "o")
+    assert result.exit_code != 0 and "all checks passed" not in result.output
+
+
 def test_cli_sample_data(tmp_path):
     result = cli("sample-data", tmp_path / "s", "--classes", "2", "--train-per-class", "2", "--val-per-class", "1")
     assert result.exit_code == 0, result.output
