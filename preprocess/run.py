@@ -97,7 +97,8 @@ def _pool(settings: Settings):
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-    return ProcessPoolExecutor(settings.workers, ctx, initializer=worker.init, initargs=_worker_args(settings))
+    return ProcessPoolExecutor(settings.workers, ctx, initializer=worker.init_pool_worker,
+                               initargs=(os.getpid(), *_worker_args(settings)))
 
 
 def _worker_args(settings: Settings):

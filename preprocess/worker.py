@@ -23,6 +23,29 @@ def init(root: str, size: int, quality: int, resize_filter: str) -> None:
     _config.update(root=root, size=size, quality=quality, resize_filter=resize_filter)
 
 
+def init_pool_worker(parent: int, *args) -> None:
+    """Initializer of a pool worker: `init`, and the worker ends when `parent` (the main
+    preprocess process) dies, even by kill -9 or SIGTERM, instead of sleeping on as an orphan."""
+    _die_with_parent(parent)
+    init(*args)
+
+
+def _die_with_parent(parent: int) -> None:
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 @dataclass
 class ChunkResult:
     split: str

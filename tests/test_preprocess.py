@@ -376,6 +376,43 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_end_when_the_main_process_is_killed(src, tmp_path, sig):
+    cmd = [sys.executable, "-m", "alexnet_cli", "preprocess", str(src), str(tmp_path / "o"), "--workers", "2",
+           "--shard-size", "2", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, "the pool never started; nothing was tested"
+        proc.send_signal(sig)
+    finally:
+        proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if _alive(w)], "orphaned workers"
+
+
 def test_limit_and_max_errors(src, tmp_path):
     summary = run(src, tmp_path / "lim", limit=7, split="train")
     assert summary.samples + summary.errors == 7
