@@ -59,9 +59,14 @@ def atomic_write(path: str, write) -> None:
 def differences(a: dict, b: dict) -> List[str]:
     """The settings in which params a and b differ (empty: the same job)."""
     diff = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in SETTING_KEYS if a.get(k) != b.get(k)]
+    if diff:  # the file lists are in an order the settings decide (seed, limit, part): say only those
+        return diff
     fa, fb = a.get("files") or {}, b.get("files") or {}
-    diff += [f"the {s} files of SRC changed ({fa[s]['count']} vs {fb[s]['count']} files)"
-             for s in sorted(set(fa) & set(fb)) if fa[s] != fb[s]]
+    for s in sorted(set(fa) & set(fb)):
+        if fa[s] != fb[s]:
+            na, nb = fa[s]["count"], fb[s]["count"]
+            what = f"{na} vs {nb} files" if na != nb else f"the same {na} files in number, other names or labels"
+            diff.append(f"the {s} files of SRC changed ({what})")
     return diff
 
 

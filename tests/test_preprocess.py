@@ -541,6 +541,14 @@ def test_a_tree_of_only_bad_images_exits_1_without_a_manifest(tmp_path):
     assert result.exit_code != 0 and "all checks passed" not in result.output
 
 
+def test_a_rerun_with_another_seed_names_the_seed_only(src, single, tmp_path):
+    out = tmp_path / "o"
+    shutil.copytree(single, out)
+    result = cli("preprocess", src, out, "--workers", "1", "--shard-size", "5", "--seed", "7", "-q")
+    assert result.exit_code == 2
+    assert "(seed 0 vs 7)" in result.stderr and "files of SRC changed" not in result.stderr, result.stderr
+
+
 def test_cli_sample_data(tmp_path):
     result = cli("sample-data", tmp_path / "s", "--classes", "2", "--train-per-class", "2", "--val-per-class", "1")
     assert result.exit_code == 0, result.output
