@@ -187,6 +187,28 @@ def test_eval_reads_the_input_normalisation_training_used(shards, tmp_path):
         _train(shards, run, epochs=2, resume=True, input_norm="image")
 
 
+def test_eval_and_figures_refuse_a_checkpoint_of_other_classes(shards, tmp_path):
+    """One line, exit 2, no PNG written: another class count, or the same count with another wnid."""
+    import shutil
+
+    run = tmp_path / "run"
+    _train(shards, run, epochs=1)
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    make_shards(fewer, n_train=8, n_val=4, classes=4, shard_size=8, seed=2)
+    renamed = tmp_path / "renamed"
+    shutil.copytree(shards, renamed)
+    m = json.load(open(renamed / "manifest.json"))
+    m["classes"][-1]["wnid"] = "n99999999"  # still sorted and unique
+    json.dump(m, open(renamed / "manifest.json", "w"))
+    for other, says in ((fewer, "trained on 8 classes"), (renamed, "class 7 is")):
+        for args in (["eval", str(other), str(run / "last.pt")],
+                     ["figures", str(other), str(run / "last.pt"), "--out", str(tmp_path / "fig")]):
+            r = CliRunner().invoke(cli, [*args, "--device", "cpu"])
+            assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "fig").exists()
+
+
 def test_ten_crop_eval_equals_mean_of_softmax(shards):
     """eval --ten-crop averages the softmax over the ten patches (Section 4.1)."""
     from pipeline import build_loader

@@ -36,6 +36,21 @@ def _loader(*args, **kwargs):
         raise UserError(str(e)) from None
 
 
+def _check_classes(checkpoint, state, shards, manifest):
+    """One line when CHECKPOINT was trained on other classes than SHARDS holds: their count, or
+    the first wnid that differs."""
+    wnids = [c.wnid for c in manifest.classes]
+    trained = state.get("classes", wnids)
+    n = state["model_config"]["num_classes"]
+    if n != manifest.num_classes:
+        raise UserError(f"{checkpoint} was trained on {n} classes, {shards} has "
+                        f"{manifest.num_classes}")
+    if trained != wnids:
+        i = next(i for i, (a, b) in enumerate(zip(trained, wnids)) if a != b)
+        raise UserError(f"{checkpoint} was trained on other classes than {shards}: class {i} is {trained[i]} "
+                        f"there and {wnids[i]} here")
+
+
 def _check_shards(shards, split=None):
     from shards import Manifest, ManifestError
 
@@ -150,10 +165,7 @@ def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
         model, state = model_from_checkpoint(checkpoint, devices=None if device == "cpu" else (device,))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    wnids = [c.wnid for c in m.classes]
-    if model.config["num_classes"] != m.num_classes or state.get("classes", wnids) != wnids:
-        raise UserError(f"{checkpoint} was trained on other classes ({model.config['num_classes']}) than {shards} "
-                        f"has ({m.num_classes})")
+    _check_classes(checkpoint, state, shards, m)
     loader = _loader(shards, "val", batch_size, device=device, ten_crop=ten_crop, mean=model.config["input_norm"])
     r = run_eval(model, loader, device)
     r.pop("counts", None)
@@ -225,10 +237,15 @@ def figures(shards, checkpoint, out, device):
     """
     from train.figures import make_figures
 
-    _check_shards(shards, "val")
+    from train.checkpoint import load_checkpoint
+
+    m = _check_shards(shards, "val")
     device = _resolve_device(device)
-    if not os.path.exists(checkpoint):
-        raise UserError(f"{checkpoint}: no such checkpoint")
+    try:
+        state = load_checkpoint(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    _check_classes(checkpoint, state, shards, m)  # before any PNG is written
     os.makedirs(out, exist_ok=True)
     paths = make_figures(shards, checkpoint, out, device=device)
     for note in paths.pop("notes", []):
