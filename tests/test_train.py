@@ -209,6 +209,44 @@ def test_eval_and_figures_refuse_a_checkpoint_of_other_classes(shards, tmp_path)
     assert not (tmp_path / "fig").exists()
 
 
+def test_resume_continues_as_it_ran_and_refuses_silent_changes(shards, tmp_path):
+    run = str(tmp_path / "run")
+    base = ["train", shards, "--out", run, "--device", "cpu"]
+    r = CliRunner().invoke(cli, [*base, "--width", "0.125", "--init", "kaiming", "--lr", "0.001", "--batch-size", "8",
+                                 "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    # left-out options are the run's own (not the CLI defaults: width 1, batch 128, ...)
+    r = CliRunner().invoke(cli, [*base, "--resume", "--epochs", "2", "--log-every", "3"])
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(run)["step"] == 8
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    assert (cfg["width"], cfg["lr"], cfg["batch_size"], cfg["epochs"]) == (0.125, 0.001, 8, 2)
+    # given and different: refused, one line naming each, nothing run
+    r = CliRunner().invoke(cli, [*base, "--resume", "--epochs", "3", "--lr", "0.05", "--seed", "7", "--lighting", "0"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert all(f"{k} " in r.output for k in ("lr", "seed", "lighting")) and "--apply-changes" in r.output
+    assert load_checkpoint(run)["step"] == 8
+    # applied when asked, and recorded
+    r = CliRunner().invoke(cli, [*base, "--resume", "--epochs", "3", "--lr", "0.05", "--apply-changes"])
+    assert r.exit_code == 0, r.output
+    state = load_checkpoint(run)
+    assert state["step"] == 12 and state["train_config"]["lr"] == 0.05
+    assert json.load(open(os.path.join(run, "config.json")))["lr"] == 0.05
+    changes = [json.loads(line) for line in open(os.path.join(run, "resumes.jsonl"))]
+    assert changes == [{"step": 8, "changed": {"lr": [0.001, 0.05]}}]
+    assert [r["lr"] for r in _rows(run) if r["step"] > 8 and "top1_error" not in r][0] == 0.05
+
+
+def test_resume_refuses_other_shards_with_the_same_classes(shards, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    make_shards(other, n_train=32, n_val=12, classes=8, shard_size=12, seed=9)  # same wnids, other images
+    run = tmp_path / "run"
+    _train(shards, run, epochs=1)
+    with pytest.raises(ValueError, match="other shards"):
+        _train(str(other), run, epochs=2, resume=True)
+
+
 def test_ten_crop_eval_equals_mean_of_softmax(shards):
     """eval --ten-crop averages the softmax over the ten patches (Section 4.1)."""
     from pipeline import build_loader

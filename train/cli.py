@@ -36,6 +36,25 @@ def _loader(*args, **kwargs):
         raise UserError(str(e)) from None
 
 
+# the train command's parameters that are not named as their TrainConfig field
+_PARAM_OF_FIELD = {"compile": "compile_", "num_threads": "threads"}
+
+
+def _saved_settings(last, settings):
+    """The run's own values of the settings not given on this command line."""
+    from click.core import ParameterSource
+
+    from train.checkpoint import load_checkpoint
+
+    try:
+        was = load_checkpoint(last).get("train_config", {})
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    ctx = click.get_current_context()
+    return {k: (tuple(was[k]) if isinstance(was[k], list) else was[k]) for k in settings
+            if k in was and ctx.get_parameter_source(_PARAM_OF_FIELD.get(k, k)) == ParameterSource.DEFAULT}
+
+
 def _check_classes(checkpoint, state, shards, manifest):
     """One line when CHECKPOINT was trained on other classes than SHARDS holds: their count, or
     the first wnid that differs."""
@@ -91,8 +110,11 @@ def _check_shards(shards, split=None):
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True,
               help="Steps between extra checkpoints (0: at epoch ends only).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="DALI worker threads.")
+@click.option("--apply-changes", is_flag=True,
+              help="With --resume: apply the settings given that differ from the run's (else refused); "
+                   "recorded in OUT/resumes.jsonl.")
 def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width, init, input_norm, amp, compile_, seed,
-          resume, schedule, lighting, val_every, log_every, checkpoint_every, threads):
+          resume, schedule, lighting, val_every, log_every, checkpoint_every, threads, apply_changes):
     """Train the two-column AlexNet on SHARDS (Sections 3-5 of the paper).
 
     Writes OUT/config.json, OUT/metrics.jsonl, OUT/checkpoint-<step>.pt and OUT/last.pt.
@@ -118,11 +140,14 @@ def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width
     from train.config import TrainConfig
     from train.trainer import Trainer, TrainingDiverged
 
-    cfg = TrainConfig(shards=shards, out=out, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr,
-                      device=device, devices=_devices(devices), width=width, init=init, input_norm=input_norm, amp=amp,
-                      compile=compile_, seed=seed, resume=resume, schedule=schedule, lighting=lighting,
-                      val_every=val_every, log_every=log_every, checkpoint_every=checkpoint_every,
-                      num_threads=threads)
+    settings = dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
+                    devices=_devices(devices), width=width, init=init, input_norm=input_norm, amp=amp,
+                    compile=compile_, seed=seed, schedule=schedule, lighting=lighting, val_every=val_every,
+                    log_every=log_every, checkpoint_every=checkpoint_every, num_threads=threads)
+    if resume:  # options left out continue as the run was trained; those given are checked by the trainer
+        settings.update(_saved_settings(os.path.join(out, "last.pt"), settings))
+    cfg = TrainConfig(shards=shards, out=out, resume=resume, apply_changes=apply_changes, **settings)
+    width, init, batch_size = cfg.width, cfg.init, cfg.batch_size
     try:
         trainer = Trainer(cfg)
     except (ValueError, FileNotFoundError, ImportError) as e:  # settings, shards, a missing DALI

@@ -5,6 +5,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
 
+# Settings a --resume may change freely: how long, how often to log and checkpoint, threads, and
+# where the run and the shards are (the shards' content is checked against the checkpoint).
+RESUMABLE_CHANGES = ("shards", "out", "epochs", "max_steps", "log_every", "checkpoint_every", "num_threads",
+                     "resume", "apply_changes")
+
+
 @dataclass
 class TrainConfig:
     shards: str  # shard directory (alexnet preprocess output)
@@ -34,6 +40,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints besides each epoch end (0: epoch ends only)
     num_threads: Optional[int] = None  # DALI threads
     resume: bool = False
+    apply_changes: bool = False  # --resume: apply changed settings (recorded in resumes.jsonl) instead of refusing
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

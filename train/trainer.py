@@ -15,11 +15,33 @@ import torch
 import torch.nn.functional as F
 
 from train.checkpoint import load_checkpoint, save_checkpoint
-from train.config import TrainConfig
+from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.evaluate import autocast_for, evaluate, from_counts
 from train.model import AlexNet
 from train.optim import PaperSGD, param_groups
 from train.schedule import make_schedule
+
+
+def shards_fingerprint(manifest) -> str:
+    """sha256 over the classes and every shard's name and sha256: what a run was trained on,
+    wherever the shard directory now lies."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps([c.wnid for c in manifest.classes]).encode())
+    for name, split in sorted(manifest.splits.items()):
+        for shard in split.shards:
+            h.update(f"{name}\t{shard.tar}\t{shard.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def changed_settings(was: dict, now: TrainConfig) -> dict:
+    """{field: (saved, given)} for the settings a resume may not change silently."""
+    def norm(v):
+        return list(v) if isinstance(v, tuple) else v
+
+    return {k: (was[k], v) for k, v in vars(now).items()
+            if k in was and k not in RESUMABLE_CHANGES and norm(was[k]) != norm(v)}
 
 
 class TrainingDiverged(RuntimeError):
@@ -184,6 +206,7 @@ class Trainer:
             "world_size": self.world,
             "train_config": dict(vars(self.cfg)),
             "classes": [c.wnid for c in self.manifest.classes],
+            "shards_fingerprint": shards_fingerprint(self.manifest),
         }
 
     def save(self):
@@ -204,14 +227,34 @@ class Trainer:
         if was.get("batch_size", self.cfg.batch_size) != self.cfg.batch_size or state.get("world_size", 1) != self.world:
             raise ValueError(f"--resume: {path} was trained with batch size {was.get('batch_size')} on "
                              f"{state.get('world_size', 1)} replica(s); resume with the same settings")
+        if state.get("classes", [c.wnid for c in self.manifest.classes]) != [c.wnid for c in self.manifest.classes]:
+            raise ValueError(f"--resume: {path} was trained on other classes than {self.cfg.shards}")
+        if state.get("shards_fingerprint", shards_fingerprint(self.manifest)) != shards_fingerprint(self.manifest):
+            raise ValueError(f"--resume: {self.cfg.shards} holds other shards than {path} was trained on "
+                             "(their sha256 differ); resume on the same shard directory")
+        changed = changed_settings(was, self.cfg)
+        if changed and not self.cfg.apply_changes:
+            said = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"--resume: {path} was trained with other settings ({said}); leave them out to "
+                             "continue as it ran, or add --apply-changes")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
+        if changed:  # --apply-changes: from here on the run uses the new settings, and says so
+            if "lr" in changed:  # the schedule continues from the new rate
+                self.schedule.lr = self.cfg.lr
+                if hasattr(self.schedule, "base"):
+                    self.schedule.base = self.cfg.lr
+            if self.main:
+                with open(os.path.join(self.cfg.out, "resumes.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": state["step"], "changed": {k: list(v) for k, v in changed.items()}},
+                                       default=str) + "\n")
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         rng = state["rng"]
         _set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.devices)
         if self.main:
             self.metrics.truncate_after(self.step)  # rows past the checkpoint are redone
+            self.cfg.save(self.cfg.out)  # config.json says what runs from here on
 
     # --- the loop ------------------------------------------------------------------------
     def _set_lr(self, lr):
