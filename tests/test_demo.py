@@ -28,7 +28,7 @@ def test_demo_end_to_end_learns(tmp_path):
     out = tmp_path / "demo"
     r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output[-3000:]
-    assert "summary" in r.output and "validation top-1 error" in r.output and "training: 8 epochs" in r.output
+    assert "summary" in r.output and "validation top-1 error (best checkpoint" in r.output and "training: 8 epochs" in r.output
 
     # every stage left its output
     assert (out / "shards" / "manifest.json").exists()
@@ -42,6 +42,9 @@ def test_demo_end_to_end_learns(tmp_path):
     # the proof that it learns, for seed 0 (the demo) and seed 1 (the same recipe through `train`)
     val, losses = _learning(out / "run")
     assert len(val) == 8 and min(val) <= BAR, val
+    best = json.loads(CliRunner().invoke(cli, ["eval", str(out / "shards"), str(out / "run" / "best.pt"), "--device",
+                                               "cpu", "--json"]).stdout.strip().splitlines()[-1])
+    assert best["top1_error"] == pytest.approx(min(val))  # the demo reports the best checkpoint
     assert max(losses) <= 1.5 * LN_C, max(losses)
     cfg = json.load(open(out / "run" / "config.json"))
     assert (cfg["width"], cfg["init"], cfg["batch_size"], cfg["lr"], cfg["lighting"]) == (0.25, "kaiming", 32, 0.01, 0.1)

@@ -38,7 +38,7 @@ def test_run_directory(shards, tmp_path):
     t = _train(shards, tmp_path / "run", epochs=2)
     assert t.step == 2 * 4  # 32 images / batch 8, two epochs
     files = set(os.listdir(tmp_path / "run"))
-    assert {"config.json", "metrics.jsonl", "last.pt", "checkpoint-00000004.pt", "checkpoint-00000008.pt"} <= files
+    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt", "checkpoint-00000004.pt", "checkpoint-00000008.pt"} <= files
     cfg = json.load(open(tmp_path / "run" / "config.json"))
     assert cfg["width"] == 0.125 and cfg["init"] == "kaiming" and cfg["batch_size"] == 8
     rows = _rows(tmp_path / "run")
@@ -51,6 +51,11 @@ def test_run_directory(shards, tmp_path):
     assert len(val_rows) == 2
     for r in val_rows:
         assert 0 <= r["top1_error"] <= 1 and 0 <= r["top5_error"] <= r["top1_error"]
+    # best.pt is the checkpoint of the lowest validation error (the first of equals)
+    errors = [r["top1_error"] for r in val_rows]
+    best_epoch = errors.index(min(errors)) + 1
+    assert os.path.samefile(tmp_path / "run" / "best.pt", tmp_path / "run" / f"checkpoint-{4 * best_epoch:08d}.pt")
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["best_top1_error"] == min(errors)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["model_config"] == {"num_classes": 8, "width": 0.125, "init": "kaiming", "input_norm": "channel"}
     assert cfg["input_norm"] == "channel"  # resolved from the init, recorded as it ran

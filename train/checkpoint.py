@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, each carrying the model's settings, plus `last.pt`, the newest.
+"""Checkpoints: written atomically, each carrying the model's settings, plus `last.pt`, the newest,
+and `best.pt`, the one of the lowest validation top-1 error so far.
 
 A checkpoint holds everything `--resume` needs to continue exactly (model, optimiser, schedule,
 step, position in the epoch, RNG states) and everything `eval` and `figures` need to rebuild the
@@ -19,15 +20,21 @@ def save_checkpoint(run_dir, state: dict) -> str:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    last, last_tmp = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "last.pt.tmp")
-    if os.path.exists(last_tmp):
-        os.remove(last_tmp)
-    try:
-        os.link(path, last_tmp)  # same bytes, no second write
-    except OSError:  # file systems without hard links
-        shutil.copyfile(path, last_tmp)
-    os.replace(last_tmp, last)
+    point(run_dir, path, "last.pt")
     return path
+
+
+def point(run_dir, path, name) -> None:
+    """Make `run_dir/name` (last.pt, best.pt) the checkpoint `path`, atomically: a hard link (the
+    same bytes, no second write), or a copy on file systems without hard links."""
+    final, tmp = os.path.join(run_dir, name), os.path.join(run_dir, name + ".tmp")
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, final)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -45,6 +45,7 @@ def demo(ctx, out, device, epochs, workers, seed):
 
     from preprocess.cli import preprocess, sample_data
     from shards.cli import verify
+    from train.checkpoint import load_checkpoint
     from train.cli import evaluate, figures, profile, train
 
     if device == "auto":
@@ -79,8 +80,6 @@ def demo(ctx, out, device, epochs, workers, seed):
     last = os.path.join(run, "last.pt")
     resume = os.path.exists(last)
     if resume:
-        from train.checkpoint import load_checkpoint
-
         state = load_checkpoint(last)
         was = state.get("train_config", {}).get("seed")
         if was != seed:
@@ -94,10 +93,13 @@ def demo(ctx, out, device, epochs, workers, seed):
         train_s = time.perf_counter() - t
     _done(t)
 
-    t = _step("5/7 evaluate: centre crop and ten-crop (Section 4.1)")
+    best = os.path.join(run, "best.pt")  # the epoch of the lowest validation error (last.pt: the newest)
+    best_state = load_checkpoint(best)
+    t = _step(f"5/7 evaluate the best checkpoint (epoch {best_state['epoch']} of {epochs}): centre crop and "
+              "ten-crop (Section 4.1)")
     results = {}
     for ten in (False, True):
-        results[ten] = _capture_json(ctx, evaluate, shards=shards, checkpoint=last, ten_crop=ten, device=device,
+        results[ten] = _capture_json(ctx, evaluate, shards=shards, checkpoint=best, ten_crop=ten, device=device,
                                      batch_size=64)
         mode = "ten-crop   " if ten else "centre crop"
         click.echo(f"   {mode}: top-1 error {100 * results[ten]['top1_error']:.1f}%, "
@@ -105,7 +107,7 @@ def demo(ctx, out, device, epochs, workers, seed):
     _done(t)
 
     t = _step(f"6/7 figures (Section 6.1) -> {fig_dir}")
-    ctx.invoke(figures, shards=shards, checkpoint=last, out=fig_dir, device=device)
+    ctx.invoke(figures, shards=shards, checkpoint=best, out=fig_dir, device=device)
     _done(t)
 
     t = _step(f"7/7 profile: input pipeline vs model vs stock loader -> {prof_png}")
@@ -115,7 +117,8 @@ def demo(ctx, out, device, epochs, workers, seed):
 
     chance = 1 - 1 / DEMO["classes"]
     click.secho("\n== summary", bold=True)
-    click.echo(f"validation top-1 error: {100 * results[False]['top1_error']:.1f}% centre crop, "
+    click.echo(f"validation top-1 error (best checkpoint, epoch {best_state['epoch']}): "
+               f"{100 * results[False]['top1_error']:.1f}% centre crop, "
                f"{100 * results[True]['top1_error']:.1f}% ten-crop (chance: {100 * chance:.0f}%)")
     trained = f"{train_s:.0f} s" if train_s is not None else "reused"
     click.echo(f"training: {epochs} epochs at batch {DEMO['batch_size']}, seed {seed}, {trained} on {device} "
@@ -123,7 +126,7 @@ def demo(ctx, out, device, epochs, workers, seed):
     click.echo(f"throughput on {device}: pipeline {prof['pipeline']['img_s']:.0f} img/s, "
                f"model {prof['model']['img_s']:.0f} img/s, together {prof['end_to_end']['img_s']:.0f} img/s "
                f"(data wait {100 * prof['data_wait']:.0f}%), reference loader {prof['peer']['img_s']:.0f} img/s")
-    click.echo(f"outputs: shards {shards} | run {run} (metrics.jsonl, last.pt) | figures {fig_dir} | profile {prof_png}")
+    click.echo(f"outputs: shards {shards} | run {run} (metrics.jsonl, best.pt, last.pt) | figures {fig_dir} | profile {prof_png}")
     click.echo(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.checkpoint import load_checkpoint, save_checkpoint
+from train.checkpoint import load_checkpoint, point, save_checkpoint
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.evaluate import autocast_for, evaluate, from_counts
 from train.model import AlexNet
@@ -177,6 +177,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0  # batches of `epoch` already trained (for mid-epoch resume)
+        self.best_error = float("inf")  # the lowest validation top-1 error so far (best.pt)
         os.makedirs(cfg.out, exist_ok=True)
         self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
         if cfg.resume:
@@ -202,6 +203,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "best_top1_error": self.best_error,
             "rng": rng,  # one entry per rank
             "world_size": self.world,
             "train_config": dict(vars(self.cfg)),
@@ -210,9 +212,11 @@ class Trainer:
         }
 
     def save(self):
-        state = self._state()  # collective under DDP: every rank takes part
+        """Write a checkpoint (every rank takes part under DDP); its path on the main rank."""
+        state = self._state()
         if self.main:
-            save_checkpoint(self.cfg.out, state)
+            return save_checkpoint(self.cfg.out, state)
+        return None
 
     def _resume(self):
         path = os.path.join(self.cfg.out, "last.pt")
@@ -250,6 +254,7 @@ class Trainer:
                     f.write(json.dumps({"step": state["step"], "changed": {k: list(v) for k, v in changed.items()}},
                                        default=str) + "\n")
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_error = state.get("best_top1_error", float("inf"))
         rng = state["rng"]
         _set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.devices)
         if self.main:
@@ -290,7 +295,13 @@ class Trainer:
                 self._set_lr(self.schedule.on_validation(result["top1_error"]))
                 self.metrics.write({"step": self.step, "epoch": finished_epoch, **result,
                                     "lr": self.optimizer.param_groups[0]["lr"]})
-            self.save()
+                improved = result["top1_error"] < self.best_error
+                self.best_error = min(self.best_error, result["top1_error"])
+            else:
+                improved = False
+            path = self.save()
+            if improved and self.main:
+                point(self.cfg.out, path, "best.pt")
         return self
 
     def close(self):
