@@ -94,6 +94,8 @@ def demo(ctx, out, device, epochs, workers, seed):
     _done(t)
 
     best = os.path.join(run, "best.pt")  # the epoch of the lowest validation error (last.pt: the newest)
+    if not os.path.exists(best):  # a run directory from before best.pt was kept
+        best = last
     best_state = load_checkpoint(best)
     t = _step(f"5/7 evaluate the best checkpoint (epoch {best_state['epoch']} of {epochs}): centre crop and "
               "ten-crop (Section 4.1)")
