@@ -13,9 +13,11 @@ reused shards come from their records: they are sums over the pixels before JPEG
 cannot be recovered from the tar. `.parts/` may be deleted once the job is done; a later run
 then rewrites the shards instead of reusing them.
 """
+import fcntl
 import glob
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
@@ -26,6 +28,7 @@ from shards.stats import StatSums
 from shards.writer import file_sha256
 
 PARTS = ".parts"
+LOCK = ".lock"  # held (flock) by the one preprocess run writing OUT
 PARAMS = "params.json"
 # params that must agree for two runs to write into the same OUT ("files" is checked per split)
 SETTING_KEYS = ("size", "quality", "resize_filter", "chroma_subsampling", "seed", "source_root", "shard_size",
@@ -86,7 +89,7 @@ def prepare(out: str, params: dict, classes: list) -> Tuple[Optional[Manifest], 
     elif os.path.exists(os.path.join(out, PARTS, PARAMS)):
         with open(os.path.join(out, PARTS, PARAMS)) as f:
             existing = json.load(f)
-    elif os.path.isdir(out) and os.listdir(out):
+    elif os.path.isdir(out) and set(os.listdir(out)) - {LOCK}:
         raise OutError(f"{out} exists, is not empty and is not a shard folder; choose a new or empty OUT")
     elif os.path.exists(out) and not os.path.isdir(out):
         raise OutError(f"{out} exists and is not a folder")
@@ -144,6 +147,35 @@ def load_record(out: str, stem: str, with_sums: bool = True) -> Optional[ShardRe
 
 def sha256_matches(path: str, expected: str) -> bool:
     return file_sha256(path) == expected
+
+
+@contextmanager
+def locked(out: str):
+    """Hold OUT's lock file for the whole run: a second `alexnet preprocess` into the same OUT stops
+    at once with one line (OutError) instead of both writing the same files. The lock is the
+    kernel's (flock), so a run killed with -9 leaves no stale lock, only the file."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise OutError(f"{out} exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutError(f"{out}: cannot write there ({e.strerror}); choose another OUT") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise OutError(f"{out} is being written by another alexnet preprocess (pid {holder}); wait for it "
+                           "to finish or choose another OUT") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.remove(os.path.join(out, LOCK))  # before the unlock: a later run makes a new one
+    finally:
+        os.close(fd)
 
 
 def remove_leftovers(out: str) -> None:

@@ -66,27 +66,28 @@ def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
     plan = make_plan(source, settings)
     params = settings.params(":".join(CHROMA_SUBSAMPLING))
     params["files"] = {s: {"count": len(v), "sha256": source.fingerprint(v)} for s, v in plan.files.items()}
-    existing, params = outdir.prepare(out, params, source.wnids)
+    with outdir.locked(out):
+        existing, params = outdir.prepare(out, params, source.wnids)
 
-    owned = {split: plan.owned(split, settings.part) for split in plan.shards}
-    records: Dict[str, outdir.ShardRecord] = {}
-    pool = _pool(settings) if settings.workers > 1 else None
-    try:
-        _reuse(out, [t for tasks in owned.values() for t in tasks], records, pool)
-        todo = [t for tasks in owned.values() for t in tasks if t.stem not in records]
-        written = _run(settings, todo, records, pool, show_progress)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    errors = _finish(out, plan, owned, records, existing, params, source)
-    outdir.remove_leftovers(out)
-    tasks = [t for ts in owned.values() for t in ts]
-    summary = Summary(
-        out=out, written=written, reused=len(tasks) - len(todo),
-        shards=sum(1 for t in tasks if records[t.stem].shard), errors=errors,
-        samples=sum(records[t.stem].shard.samples for t in tasks if records[t.stem].shard),
-        seconds=time.perf_counter() - t0,
-    )
+        owned = {split: plan.owned(split, settings.part) for split in plan.shards}
+        records: Dict[str, outdir.ShardRecord] = {}
+        pool = _pool(settings) if settings.workers > 1 else None
+        try:
+            _reuse(out, [t for tasks in owned.values() for t in tasks], records, pool)
+            todo = [t for tasks in owned.values() for t in tasks if t.stem not in records]
+            written = _run(settings, todo, records, pool, show_progress)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        errors = _finish(out, plan, owned, records, existing, params, source)
+        outdir.remove_leftovers(out)
+        tasks = [t for ts in owned.values() for t in ts]
+        summary = Summary(
+            out=out, written=written, reused=len(tasks) - len(todo),
+            shards=sum(1 for t in tasks if records[t.stem].shard), errors=errors,
+            samples=sum(records[t.stem].shard.samples for t in tasks if records[t.stem].shard),
+            seconds=time.perf_counter() - t0,
+        )
     if settings.max_errors is not None and errors > settings.max_errors:
         raise TooManyErrors(summary, settings.max_errors)
     return summary

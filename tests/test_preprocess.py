@@ -413,6 +413,28 @@ def test_workers_end_when_the_main_process_is_killed(src, tmp_path, sig):
     assert not [w for w in workers if _alive(w)], "orphaned workers"
 
 
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(src, single, tmp_path):
+    """The first run holds OUT/.lock (flock) throughout; here this test process holds it, so the
+    outcome does not depend on timing. After kill -9 the kernel drops the lock
+    (test_resume_after_kill_is_byte_identical reruns into such an OUT)."""
+    from preprocess.outdir import locked
+
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "alexnet_cli", "preprocess", str(src), str(out), "--workers", "1",
+           "--shard-size", "5", "-q"]
+    with locked(str(out)):
+        second = subprocess.run(cmd, capture_output=True, text=True)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"(pid {os.getpid()})" in lines[0] and "another alexnet preprocess" in lines[0]
+        assert os.listdir(out) == [".lock"]  # the refused run touched nothing
+    assert not (out / ".lock").exists()
+    first = subprocess.run(cmd, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert tars(out) == tars(single) and (out / "manifest.json").read_bytes() == (single / "manifest.json").read_bytes()
+    assert not (out / ".lock").exists()
+
+
 def test_limit_and_max_errors(src, tmp_path):
     summary = run(src, tmp_path / "lim", limit=7, split="train")
     assert summary.samples + summary.errors == 7
