@@ -67,22 +67,25 @@ def _subdirs(folder: str) -> List[str]:
         return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
 
 
-def class_folders(train: str, names: Dict[str, str]) -> List[str]:
-    """The sorted class folders of train/: each must be a wnid (n + 8 digits) or be listed in
-    LOC_synset_mapping.txt, and hold at least one image. Any other folder would silently become a
-    class and move the index of every class after it, so it is refused (ScanError, one line)."""
+def class_folders(train: str, names: Dict[str, str]) -> Dict[str, List[str]]:
+    """The class folders of train/ (sorted) -> their image names: each must be a wnid (n + 8
+    digits) or be listed in LOC_synset_mapping.txt, and hold at least one image. Any other folder
+    would silently become a class and move the index of every class after it, so it is refused
+    (ScanError, one line). Each folder is listed once."""
     folders = _subdirs(train)
     if not folders:
         raise ScanError(f"{train}: no class folders (expected train/<wnid>/*.JPEG)")
+    images = {}
     for f in folders:
         path = os.path.join(train, f)
         if not (WNID.fullmatch(f) or f in names):
             raise ScanError(f"{path}: not a class folder (not a wnid like n01440764, nor listed in "
                             "LOC_synset_mapping.txt); move it out of train/ or list it")
-        if not _images(path):
+        images[f] = _images(path)
+        if not images[f]:
             raise ScanError(f"{path}: a class folder with no image files; remove it or add its images "
                             "(an empty class would shift the index of every class after it)")
-    return folders
+    return images
 
 
 def find_root(src: str) -> Tuple[str, str]:
@@ -148,18 +151,14 @@ def scan(src: str, splits=SPLITS) -> Source:
     data, rel = find_root(src)
     prefix = f"{rel.replace(os.sep, '/')}/" if rel else ""
     names = read_names(src)
-    wnids = class_folders(os.path.join(data, "train"), names)
+    train_images = class_folders(os.path.join(data, "train"), names)
+    wnids = list(train_images)
     source = Source(root=src, wnids=wnids, names=names)
     index = {w: i for i, w in enumerate(wnids)}
     if "train" in splits:
-        items = [
-            Item(f"{prefix}train/{w}/{name}", index[w], w)
-            for w in wnids
-            for name in _images(os.path.join(data, "train", w))
-        ]
-        if not items:
-            raise ScanError(f"{os.path.join(data, 'train')}: no image files in the class folders")
-        source.splits["train"] = items
+        # class_folders guarantees at least one image per class
+        source.splits["train"] = [Item(f"{prefix}train/{w}/{name}", index[w], w) for w in wnids
+                                  for name in train_images[w]]
     if "val" in splits and os.path.isdir(os.path.join(data, "val")):
         items = _scan_val(src, data, prefix, index)
         if items:
