@@ -37,15 +37,17 @@ def point(run_dir, path, name) -> None:
     os.replace(tmp, final)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint file (or the `last.pt` of a run directory)."""
+def load_checkpoint(path, map_location="cpu", mmap=False) -> dict:
+    """Load a checkpoint file (or the `last.pt` of a run directory). `mmap=True` maps the tensors
+    instead of reading them: for callers that only want the settings (a full-size checkpoint is
+    455 MB)."""
     path = str(path)
     if os.path.isdir(path):
         path = os.path.join(path, "last.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # torch raises several types for a damaged file
         raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
     if "model_config" not in state or "model" not in state:

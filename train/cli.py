@@ -5,6 +5,7 @@ import os
 import click
 
 from alexnet_cli import UserError
+from train.config import INITS, INPUT_NORMS, input_norm_for
 
 
 def _devices(value):
@@ -47,7 +48,7 @@ def _saved_settings(last, settings):
     from train.checkpoint import load_checkpoint
 
     try:
-        was = load_checkpoint(last).get("train_config", {})
+        was = load_checkpoint(last, mmap=True).get("train_config", {})
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     ctx = click.get_current_context()
@@ -93,10 +94,10 @@ def _check_shards(shards, split=None):
 @click.option("--devices", default=None, help="Column placement, e.g. cuda:0,cuda:1 (one column per GPU).")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Channel multiplier; 1.0 is the paper's net.")
-@click.option("--init", type=click.Choice(["caffe", "paper", "kaiming"]), default="caffe", show_default=True,
+@click.option("--init", type=click.Choice(INITS), default="caffe", show_default=True,
               help="'caffe': Section 5 with biases 0.1 (learns at full size); 'paper': Section 5 literally "
                    "(biases 1; more dead fc7 units, docs/PERFORMANCE.md); 'kaiming': the small-run recipe.")
-@click.option("--input-norm", type=click.Choice(["image", "channel"]), default=None,
+@click.option("--input-norm", type=click.Choice(INPUT_NORMS), default=None,
               help="Model input: 'image' (0-255 minus the mean image, the paper's) or 'channel' "
                    "((x/255-mean)/std). Default: 'channel' for --init kaiming, else 'image'.")
 @click.option("--amp/--no-amp", default=True, show_default=True, help="bf16 autocast on CUDA.")
@@ -147,14 +148,14 @@ def train(shards, out, epochs, max_steps, batch_size, lr, device, devices, width
     if resume:  # options left out continue as the run was trained; those given are checked by the trainer
         settings.update(_saved_settings(os.path.join(out, "last.pt"), settings))
     cfg = TrainConfig(shards=shards, out=out, resume=resume, apply_changes=apply_changes, **settings)
-    width, init, batch_size = cfg.width, cfg.init, cfg.batch_size
     try:
         trainer = Trainer(cfg)
     except (ValueError, FileNotFoundError, ImportError) as e:  # settings, shards, a missing DALI
         raise UserError(str(e)) from None
     if trainer.main:
         where = ", ".join(trainer.devices) if trainer.devices else "cpu"
-        click.echo(f"train: width {width}, init {init}, input {cfg.input_norm}, batch {batch_size} x {trainer.world} replica(s) on "
+        click.echo(f"train: width {cfg.width}, init {cfg.init}, input {cfg.input_norm}, batch {cfg.batch_size} x "
+                   f"{trainer.world} replica(s) on "
                    f"{where}; {len(trainer.train_loader)} batches/epoch; run dir {out}", err=True)
     try:
         trainer.fit()
@@ -207,7 +208,7 @@ def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
 @click.argument("shards", type=click.Path(file_okay=False))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
-@click.option("--init", type=click.Choice(["caffe", "paper", "kaiming"]), default="caffe", show_default=True,
+@click.option("--init", type=click.Choice(INITS), default="caffe", show_default=True,
               help="The model's init, which sets its input normalisation (as in `alexnet train`).")
 @click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per measurement.")
@@ -227,8 +228,6 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
 
     _check_shards(shards, "train")
     device = _resolve_device(device)
-    from train.model import input_norm_for
-
     _loader(shards, "train", batch_size, device=device, mean=input_norm_for(init))  # one-line errors first
     say = (lambda m: click.echo(m, err=True))
     r = run_profile(shards, device=device, width=width, init=init, batch_size=batch_size, batches=batches, warmup=warmup,
@@ -267,7 +266,7 @@ def figures(shards, checkpoint, out, device):
     m = _check_shards(shards, "val")
     device = _resolve_device(device)
     try:
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint, mmap=True)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     _check_classes(checkpoint, state, shards, m)  # before any PNG is written

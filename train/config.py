@@ -5,6 +5,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
 
+# Initialisations (see train.model._init_weights and docs/PERFORMANCE.md for what each gave here):
+#   "caffe"   the full-size default: Section 5 as Caffe's bvlc_alexnet replication runs it, biases
+#             0.1 where the paper has 1 and N(0, 0.005) for fc6/fc7; it learns at batch 128;
+#   "paper"   Section 5 literally: N(0, 0.01) weights, biases 1 in conv2, conv4, conv5, fc6, fc7;
+#   "kaiming" the small-run recipe (reduced --width): Kaiming-normal on unit-scale input.
+INITS = ("caffe", "paper", "kaiming")
+# What the loaders feed the model (pipeline.build_loader's `mean`): "image" is the paper's
+# 0-255 values minus the mean image (Section 2); "channel" is (x/255 - mu)/sigma per channel,
+# unit scale, which Kaiming's derivation assumes.
+INPUT_NORMS = ("image", "channel")
+
+
+def input_norm_for(init: str) -> str:
+    """The input normalisation an init is built for: unit scale for Kaiming, the paper's otherwise."""
+    return "channel" if init == "kaiming" else "image"
+
+
 # Settings a --resume may change freely: how long, how often to log and checkpoint, threads, and
 # where the run and the shards are (the shards' content is checked against the checkpoint).
 RESUMABLE_CHANGES = ("shards", "out", "epochs", "max_steps", "log_every", "checkpoint_every", "num_threads",
@@ -29,7 +46,7 @@ class TrainConfig:
     devices: Optional[Tuple[str, ...]] = None  # explicit column placement, e.g. ("cuda:0", "cuda:1")
     width: float = 1.0  # channel multiplier (1.0 = the paper's net)
     init: str = "caffe"  # caffe (full size) | paper (Section 5 literally) | kaiming (small runs)
-    input_norm: Optional[str] = None  # image | channel; None: the init's (train.model.input_norm_for)
+    input_norm: Optional[str] = None  # image | channel; None: the init's (input_norm_for)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
@@ -44,8 +61,6 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from train.model import input_norm_for
-
         if self.input_norm is None:  # resolved here, so config.json records what ran
             self.input_norm = input_norm_for(self.init)
 

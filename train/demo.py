@@ -80,7 +80,7 @@ def demo(ctx, out, device, epochs, workers, seed):
     last = os.path.join(run, "last.pt")
     resume = os.path.exists(last)
     if resume:
-        state = load_checkpoint(last)
+        state = load_checkpoint(last, mmap=True)
         was = state.get("train_config", {}).get("seed")
         if was != seed:
             raise click.UsageError(f"{run} holds a demo run with seed {was}: use another --out for seed {seed}")
@@ -96,7 +96,7 @@ def demo(ctx, out, device, epochs, workers, seed):
     best = os.path.join(run, "best.pt")  # the epoch of the lowest validation error (last.pt: the newest)
     if not os.path.exists(best):  # a run directory from before best.pt was kept
         best = last
-    best_state = load_checkpoint(best)
+    best_state = load_checkpoint(best, mmap=True)
     t = _step(f"5/7 evaluate the best checkpoint (epoch {best_state['epoch']} of {epochs}): centre crop and "
               "ten-crop (Section 4.1)")
     results = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from train.config import INITS, INPUT_NORMS, input_norm_for
 from train.lrn import LRN
 
 __all__ = ["AlexNet", "Column", "PaperDropout", "count_parameters", "input_norm_for"]
@@ -19,21 +20,8 @@ __all__ = ["AlexNet", "Column", "PaperDropout", "count_parameters", "input_norm_
 CONV_CHANNELS = (96, 256, 384, 384, 256)
 FC_HIDDEN = 4096
 POOLED_SIZE = 6          # spatial size after the third max-pool: 55 -> 27 -> 13 -> 6
-# Initialisations (see _init_weights and docs/PERFORMANCE.md for what each gave here):
-#   "caffe"   the full-size default: Section 5 as Caffe's bvlc_alexnet replication runs it, biases
-#             0.1 where the paper has 1 and N(0, 0.005) for fc6/fc7; it learns at batch 128;
-#   "paper"   Section 5 literally: N(0, 0.01) weights, biases 1 in conv2, conv4, conv5, fc6, fc7;
-#   "kaiming" the small-run recipe (reduced --width): Kaiming-normal on unit-scale input.
-INITS = ("caffe", "paper", "kaiming")
-# What the loaders feed the model (pipeline.build_loader's `mean`): "image" is the paper's
-# 0-255 values minus the mean image (Section 2); "channel" is (x/255 - mu)/sigma per channel,
-# unit scale, which Kaiming's derivation assumes.
-INPUT_NORMS = ("image", "channel")
-
-
-def input_norm_for(init: str) -> str:
-    """The input normalisation an init is built for: unit scale for Kaiming, the paper's otherwise."""
-    return "channel" if init == "kaiming" else "image"
+# The inits and input normalisations, and which input each init is built for, live in
+# train.config (no torch there, so the CLI can offer them as choices without loading torch).
 
 
 def _per_column(full: int, width: float) -> int:

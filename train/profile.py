@@ -106,7 +106,7 @@ def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, war
               "warmup_batches": warmup, "amp_bf16": bool(amp and torch.device(device).type == "cuda")}
 
     progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {batch_size})")
-    from train.model import input_norm_for
+    from train.config import input_norm_for
 
     input_norm = input_norm_for(init)  # the input a training run with this init reads
     loader = build_loader(shards, "train", batch_size, device=device, memory_format=mf, mean=input_norm)

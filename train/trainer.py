@@ -144,6 +144,7 @@ class Trainer:
         from shards import Manifest
 
         self.manifest = Manifest.load(cfg.shards)
+        self.shards_fingerprint = shards_fingerprint(self.manifest)  # stored in every checkpoint
         self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
         common = dict(device=self.device.type if not self.cuda else str(self.device), rank=self.rank,
                       world_size=self.world, seed=cfg.seed, num_threads=cfg.num_threads,
@@ -208,7 +209,7 @@ class Trainer:
             "world_size": self.world,
             "train_config": dict(vars(self.cfg)),
             "classes": [c.wnid for c in self.manifest.classes],
-            "shards_fingerprint": shards_fingerprint(self.manifest),
+            "shards_fingerprint": self.shards_fingerprint,
         }
 
     def save(self):
@@ -233,7 +234,7 @@ class Trainer:
                              f"{state.get('world_size', 1)} replica(s); resume with the same settings")
         if state.get("classes", [c.wnid for c in self.manifest.classes]) != [c.wnid for c in self.manifest.classes]:
             raise ValueError(f"--resume: {path} was trained on other classes than {self.cfg.shards}")
-        if state.get("shards_fingerprint", shards_fingerprint(self.manifest)) != shards_fingerprint(self.manifest):
+        if state.get("shards_fingerprint", self.shards_fingerprint) != self.shards_fingerprint:
             raise ValueError(f"--resume: {self.cfg.shards} holds other shards than {path} was trained on "
                              "(their sha256 differ); resume on the same shard directory")
         changed = changed_settings(was, self.cfg)
@@ -290,15 +291,14 @@ class Trainer:
             finished_epoch = self.epoch
             self.epoch += 1
             self.batch_in_epoch = 0
+            improved = False
             if self.val_loader is not None and (finished_epoch + 1) % cfg.val_every == 0:
                 result = self.validate()
                 self._set_lr(self.schedule.on_validation(result["top1_error"]))
                 self.metrics.write({"step": self.step, "epoch": finished_epoch, **result,
                                     "lr": self.optimizer.param_groups[0]["lr"]})
                 improved = result["top1_error"] < self.best_error
-                self.best_error = min(self.best_error, result["top1_error"])
-            else:
-                improved = False
+                self.best_error = min(self.best_error, result["top1_error"])  # saved in the checkpoint
             path = self.save()
             if improved and self.main:
                 point(self.cfg.out, path, "best.pt")
