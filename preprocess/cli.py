@@ -14,8 +14,9 @@ from alexnet_cli import UserError
 def _single_threaded_blas():
     """This job's parallelism is processes; BLAS threads (numpy's OpenBLAS starts one per core
     at import) only cost start-up time. Only before numpy is imported (the `alexnet preprocess`
-    process itself): called from the demo, where torch is loaded, it would leave the training
-    that follows in the same process on one thread, whatever OMP_NUM_THREADS the user set."""
+    process itself): called from the demo, where torch is already loaded, it could no longer
+    help and would only rewrite the user's OMP_NUM_THREADS for the rest of the process and its
+    children (torch's own thread count, set at import, stays as it was: 2 here either way)."""
     import sys
 
     if "numpy" in sys.modules or "torch" in sys.modules:
