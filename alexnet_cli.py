@@ -20,7 +20,7 @@ class UserError(click.ClickException):
 
 # command name -> "module:function". Listed here so `alexnet --help` need not import anything.
 COMMANDS = {
-    "sample-data": "preprocess.cli:sample_data",
+    "sample-data": "demo.cli:sample_data",
     "preprocess": "preprocess.cli:preprocess",
     "merge": "preprocess.cli:merge",
     "verify": "shards.cli:verify",
@@ -29,7 +29,7 @@ COMMANDS = {
     "eval": "train.cli:evaluate",
     "figures": "train.cli:figures",
     "profile": "train.cli:profile",
-    "demo": "train.demo:demo",
+    "demo": "demo.cli:demo",
 }
 
 

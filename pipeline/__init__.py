@@ -1,20 +1,19 @@
-"""DALI input pipelines for AlexNet (DESIGN.md, Contract 2), and the reference loader.
+"""DALI input pipelines for AlexNet (docs/DESIGN.md, "Loader"), and the reference loader.
 
 `build_loader` is the fast path (DALI, GPU or CPU); `build_reference_loader` is the stock
 webdataset + PIL + DataLoader peer used as the correctness oracle and benchmark baseline.
-Importing this package does not import DALI: it is imported when a loader is built.
+Importing this package imports neither DALI nor torch: names resolve on first use.
 """
-from pipeline.dali import DALI_MISSING, DALINotInstalled
-from pipeline.lighting import Draws, epoch_draws, lighting_offset
-from pipeline.loader import build_loader
-from pipeline.reference import build_reference_loader
+from shards.exports import lazy_exports
 
-__all__ = [
-    "DALI_MISSING",
-    "DALINotInstalled",
-    "Draws",
-    "build_loader",
-    "build_reference_loader",
-    "epoch_draws",
-    "lighting_offset",
-]
+_EXPORTS = {
+    "DALI_MISSING": "pipeline.dali",
+    "DALINotInstalled": "pipeline.dali",
+    "Draws": "pipeline.lighting",
+    "epoch_draws": "pipeline.lighting",
+    "lighting_offset": "pipeline.lighting",
+    "build_loader": "pipeline.loader",
+    "build_reference_loader": "pipeline.reference",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

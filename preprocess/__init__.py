@@ -3,7 +3,7 @@
 Exports are resolved lazily (PEP 562), so `import preprocess.cli` (which `alexnet --help`
 does) costs no numpy, Pillow or simplejpeg import.
 """
-import importlib
+from shards.exports import lazy_exports
 
 _EXPORTS = {
     "Settings": "preprocess.plan",
@@ -24,9 +24,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'preprocess' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

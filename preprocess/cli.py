@@ -1,4 +1,4 @@
-"""`alexnet sample-data`, `alexnet preprocess` and `alexnet merge`.
+"""`alexnet preprocess` and `alexnet merge`.
 
 Nothing heavy at module level: numpy, Pillow and simplejpeg are imported inside the commands,
 and nothing here ever imports torch or DALI.
@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from alexnet_cli import UserError
+from shards.errors import UserError
 
 
 def _single_threaded_blas():
@@ -23,44 +23,6 @@ def _single_threaded_blas():
         return
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-
-
-@click.command("sample-data")
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--classes", type=click.IntRange(1), default=10, show_default=True, help="Number of classes.")
-@click.option("--train-per-class", type=click.IntRange(0), default=100, show_default=True,
-              help="Training images per class (the odd files included).")
-@click.option("--val-per-class", type=click.IntRange(0), default=20, show_default=True,
-              help="Validation images per class (flat val/ + LOC_val_solution.csv).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
-def sample_data(out, classes, train_per_class, val_per_class, seed):
-    """Write a small synthetic dataset in the ImageNet ILSVRC-2012 layout to OUT.
-
-    Each class is a shape-and-colour combination on a textured background. The training split
-    holds the odd files real ImageNet has (CMYK and grayscale JPEGs, PNGs named .JPEG, a
-    truncated JPEG, palette, RGBA, 16-bit), so `alexnet preprocess` meets all of them.
-
-    \b
-    Example:
-      alexnet sample-data /tmp/mini --classes 4 --train-per-class 20 --val-per-class 5
-      alexnet preprocess /tmp/mini /tmp/mini-shards
-    """
-    from preprocess.progress import Progress
-    from preprocess.sample_data import generate
-
-    bar = Progress(classes * (train_per_class + val_per_class), label="sample-data", show_errors=False)
-    try:
-        info = generate(out, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
-                        seed=seed, progress=lambda done, total: bar.update(done, 0))
-    except FileExistsError as e:
-        raise UserError(f"{e}; choose a new or empty folder") from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    finally:
-        bar.close()
-    odd = ", ".join(info.get("odd_files", {})) or "none"
-    click.echo(f"sample-data: {info['train']:,} train + {info['val']:,} val images, {classes} classes "
-               f"(odd files: {odd}) -> {info['root']}")
 
 
 def _part(ctx, param, value):

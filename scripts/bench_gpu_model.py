@@ -9,10 +9,10 @@ Measures, in one run, on synthetic input (bf16 autocast, channels-last on CUDA):
 
 (a) LRN alone, forward and forward+backward, on one column's conv1 (B x 48 x 55 x 55) and
     conv2 (B x 128 x 27 x 27) activations: nn.LocalResponseNorm(size, alpha*size, beta, k),
-    train.lrn's torch-ops path, and train.lrn_triton.
+    train.response_norm's torch-ops path, and train.lrn_triton.
 (b) Training steps (forward, backward, PaperSGD step) of train.model.AlexNet(width, init="paper")
-    with its LRN layers (train.lrn.LRN modules) swapped for: nn.LocalResponseNorm (eager; the
-    baseline), train.lrn's torch-ops path, the Triton kernels (eager), the Triton kernels under
+    with its LRN layers (train.response_norm.LRN modules) swapped for: nn.LocalResponseNorm (eager; the
+    baseline), train.response_norm's torch-ops path, the Triton kernels (eager), the Triton kernels under
     torch.compile, and no LRN at all (for context). img/s: median over --windows timing
     windows of --steps steps each, after --warmup steps, timed with CUDA events.
 (c) The two-device placement on one GPU: AlexNet(devices=(d, d)) against devices=(d,): the same
@@ -121,7 +121,7 @@ def impl_nn(x, size, alpha, beta, k):
 
 def impl_torch_ops(x, size, alpha, beta, k):
     import importlib
-    L = importlib.import_module("train.lrn")           # (train.lrn the attribute is the function)
+    L = importlib.import_module("train.response_norm")
     return L._lrn_reference_path(x, size, alpha, beta, k)
 
 
@@ -135,7 +135,7 @@ def impl_identity(x, size, alpha, beta, k):
 
 
 class SwapLRN(nn.Module):
-    """Stands in for a train.lrn.LRN module, calling `impl` with the same constants."""
+    """Stands in for a train.response_norm.LRN module, calling `impl` with the same constants."""
 
     def __init__(self, impl, size, alpha, beta, k):
         super().__init__()
@@ -149,8 +149,8 @@ class SwapLRN(nn.Module):
 
 
 def swap_lrn(model, impl):
-    """Replace every train.lrn.LRN (or other *LRN*/LocalResponseNorm) module; returns the swaps."""
-    from train.lrn import LRN
+    """Replace every train.response_norm.LRN (or other *LRN*/LocalResponseNorm) module; returns the swaps."""
+    from train.response_norm import LRN
     swaps = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -174,7 +174,7 @@ def bench_lrn(args, dev, dtype, results):
     shapes = [("conv1", (B, 48, 55, 55)), ("conv2", (B, 128, 27, 27))]
     if dev.type != "cuda":
         shapes = [(n, (min(B, 2),) + s[1:]) for n, s in shapes]
-    impls = [("nn.LocalResponseNorm", impl_nn), ("train.lrn torch-ops", impl_torch_ops)]
+    impls = [("nn.LocalResponseNorm", impl_nn), ("train.response_norm torch-ops", impl_torch_ops)]
     if ok_triton:
         impls.append(("triton", impl_triton))
     else:
@@ -380,7 +380,7 @@ def bench_model(args, dev, results):
         f"{'channels-last' if dev.type == 'cuda' else 'contiguous'}; "
         f"img/s median of {args.windows} windows x {args.steps} steps")
     variants = [("nn.LocalResponseNorm eager", impl_nn, False, ""),
-                ("train.lrn torch-ops eager", impl_torch_ops, False, "")]
+                ("train.response_norm torch-ops eager", impl_torch_ops, False, "")]
     if ok_triton:
         variants.append(("triton eager", impl_triton, False, ""))
         if do_compile:

@@ -1,10 +1,10 @@
-"""CPU forward+backward time of train.lrn against torch.nn.LocalResponseNorm, same inputs.
+"""CPU forward+backward time of train.response_norm against torch.nn.LocalResponseNorm, same inputs.
 
     python scripts/bench_lrn_cpu.py                       # conv1-sized, batch 32, both layouts
     python scripts/bench_lrn_cpu.py --batch 32 128 --repeats 7 --threads 2
 
 Prints the median fwd+bwd milliseconds of each over --repeats runs (after one warm-up), the
-ratio (nn.LocalResponseNorm / train.lrn, higher is better) and the largest difference of the
+ratio (nn.LocalResponseNorm / train.response_norm, higher is better) and the largest difference of the
 outputs and of the input gradients.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.lrn import lrn  # noqa: E402
+from train.response_norm import lrn  # noqa: E402
 
 SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0      # the paper's constants (Section 3.3)
 

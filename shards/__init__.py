@@ -1,32 +1,29 @@
-"""The shard directory format (DESIGN.md, Contract 1): keys, tar + DALI index writer, manifest, stats, verify.
+"""The shard directory format (docs/DESIGN.md, "Shard directory"): keys, the tar + DALI index
+writer, the manifest, the statistics, verification, and the small helpers every stage shares
+(errors, atomic writes, lazy exports).
 
 `shards` knows nothing about image processing or training; it is the contract between
 `preprocess` (which writes shards) and `pipeline` (which reads them).
 """
-from shards.manifest import (
-    MANIFEST_NAME,
-    MANIFEST_VERSION,
-    ClassInfo,
-    Manifest,
-    ManifestError,
-    ShardInfo,
-    SplitInfo,
-    Stats,
-)
-from shards.stats import StatSums
-from shards.writer import ShardWriter, sample_key, shard_stem
+from shards.exports import lazy_exports
 
-__all__ = [
-    "MANIFEST_NAME",
-    "MANIFEST_VERSION",
-    "ClassInfo",
-    "Manifest",
-    "ManifestError",
-    "ShardInfo",
-    "SplitInfo",
-    "Stats",
-    "StatSums",
-    "ShardWriter",
-    "sample_key",
-    "shard_stem",
-]
+_EXPORTS = {
+    "MANIFEST_NAME": "shards.manifest",
+    "MANIFEST_VERSION": "shards.manifest",
+    "ClassInfo": "shards.manifest",
+    "Manifest": "shards.manifest",
+    "ManifestError": "shards.manifest",
+    "ShardInfo": "shards.manifest",
+    "SplitInfo": "shards.manifest",
+    "Stats": "shards.manifest",
+    "StatSums": "shards.stats",
+    "ShardWriter": "shards.writer",
+    "sample_key": "shards.writer",
+    "shard_stem": "shards.writer",
+    "UserError": "shards.errors",
+    "Damage": "shards.errors",
+    "atomic_write": "shards.files",
+    "atomic_write_json": "shards.files",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from alexnet_cli import UserError
+from shards.errors import UserError
 
 
 def _load(out):

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 import alexnet_cli
-from preprocess import sample_data
+from demo import sample_data
 from preprocess.merge import MergeError, merge
 from preprocess.plan import Part, Settings
 from preprocess.run import preprocess

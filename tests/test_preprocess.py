@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageFile
 
 import alexnet_cli
-from preprocess import sample_data
+from demo import sample_data
 from preprocess.plan import Part, Settings
 from preprocess.run import TooManyErrors, preprocess
 from preprocess.scan import scan

@@ -1,4 +1,4 @@
-"""Tests of the synthetic ImageNet-layout dataset (preprocess/sample_data.py)."""
+"""Tests of the synthetic ImageNet-layout dataset (demo/sample_data.py)."""
 
 import csv
 import re
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from preprocess.sample_data import ODD_KINDS, generate
+from demo.sample_data import ODD_KINDS, generate
 
 SMALL = dict(classes=3, train_per_class=6, val_per_class=2)
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import alexnet_cli
-from preprocess import sample_data
+from demo import sample_data
 from preprocess.plan import Settings
 from preprocess.run import preprocess
 from shards.writer import ShardWriter, read_index, sample_key

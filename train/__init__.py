@@ -2,21 +2,16 @@
 
 Names are imported lazily, so `alexnet --help` (which imports `train.cli`) does not import torch.
 """
-import importlib
+from shards.exports import lazy_exports
 
 _EXPORTS = {
     "AlexNet": "train.model",
     "count_parameters": "train.model",
-    "LRN": "train.lrn",
-    "lrn": "train.lrn",
+    "LRN": "train.response_norm",
+    "lrn": "train.response_norm",
     "PaperSGD": "train.optim",
     "param_groups": "train.optim",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'train' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ import os
 
 import click
 
-from alexnet_cli import UserError
+from shards.errors import UserError
 from train.config import INITS, INPUT_NORMS, input_norm_for
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from train.config import INITS, INPUT_NORMS, input_norm_for
-from train.lrn import LRN
+from train.response_norm import LRN
 
 __all__ = ["AlexNet", "Column", "PaperDropout", "count_parameters", "input_norm_for"]
 

@@ -10,6 +10,8 @@ import time
 
 import click
 
+from shards.errors import UserError
+
 # The small-run recipe of `alexnet train --help` and nothing else: quarter width, Kaiming init on
 # unit-scale input, batch 32, 8 epochs; lr, schedule and lighting at the trainer's defaults
 # (Section 5's). Measured in docs/PERFORMANCE.md (scripts/bench_learning.py).
@@ -23,6 +25,44 @@ def _step(title):
 
 def _done(t0, what=""):
     click.echo(f"   ({time.perf_counter() - t0:.1f} s{'; ' + what if what else ''})", err=True)
+
+
+@click.command("sample-data")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--classes", type=click.IntRange(1), default=10, show_default=True, help="Number of classes.")
+@click.option("--train-per-class", type=click.IntRange(0), default=100, show_default=True,
+              help="Training images per class (the odd files included).")
+@click.option("--val-per-class", type=click.IntRange(0), default=20, show_default=True,
+              help="Validation images per class (flat val/ + LOC_val_solution.csv).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generator.")
+def sample_data(out, classes, train_per_class, val_per_class, seed):
+    """Write a small synthetic dataset in the ImageNet ILSVRC-2012 layout to OUT.
+
+    Each class is a shape-and-colour combination on a textured background. The training split
+    holds the odd files real ImageNet has (CMYK and grayscale JPEGs, PNGs named .JPEG, a
+    truncated JPEG, palette, RGBA, 16-bit), so `alexnet preprocess` meets all of them.
+
+    \b
+    Example:
+      alexnet sample-data /tmp/mini --classes 4 --train-per-class 20 --val-per-class 5
+      alexnet preprocess /tmp/mini /tmp/mini-shards
+    """
+    from preprocess.progress import Progress
+    from demo.sample_data import generate
+
+    bar = Progress(classes * (train_per_class + val_per_class), label="sample-data", show_errors=False)
+    try:
+        info = generate(out, classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
+                        seed=seed, progress=lambda done, total: bar.update(done, 0))
+    except FileExistsError as e:
+        raise UserError(f"{e}; choose a new or empty folder") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    finally:
+        bar.close()
+    odd = ", ".join(info.get("odd_files", {})) or "none"
+    click.echo(f"sample-data: {info['train']:,} train + {info['val']:,} val images, {classes} classes "
+               f"(odd files: {odd}) -> {info['root']}")
 
 
 @click.command()
@@ -43,7 +83,7 @@ def demo(ctx, out, device, epochs, workers, seed):
     """
     import torch
 
-    from preprocess.cli import preprocess, sample_data
+    from preprocess.cli import preprocess
     from shards.cli import verify
     from train.checkpoint import load_checkpoint
     from train.cli import evaluate, figures, profile, train

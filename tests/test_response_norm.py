@@ -1,9 +1,9 @@
-"""train.lrn against a direct loop over the paper's formula (Section 3.3) and nn.LocalResponseNorm."""
+"""train.response_norm against a direct loop over the paper's formula (Section 3.3) and nn.LocalResponseNorm."""
 import numpy as np
 import pytest
 import torch
 
-from train.lrn import LRN, lrn
+from train.response_norm import LRN, lrn
 
 PAPER = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)      # k=2, n=5, alpha=1e-4, beta=0.75
 
