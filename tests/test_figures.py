@@ -62,7 +62,7 @@ def run(tmp_path_factory):
     model = AlexNet(num_classes=CLASSES, width=0.125, init="kaiming")
     ckpt = save_checkpoint(str(run_dir), {"model": model.state_dict(), "model_config": model.config, "step": 1})
     _write_metrics(run_dir / "metrics.jsonl")
-    out = make_figures(shards, ckpt, root / "out", device="cpu", n_predictions=N_PRED,
+    out = make_figures(shards, ckpt, root / "out", devices=None, n_predictions=N_PRED,
                        n_neighbours=N_QUERIES, batch_size=BATCH)
     return {"root": root, "shards": shards, "ckpt": ckpt, "out": out}
 

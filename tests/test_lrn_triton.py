@@ -185,7 +185,7 @@ def test_gpu_paper_sizes(shape, fmt, dtype):
 @gpu
 @pytest.mark.gpu
 def test_gpu_autocast_and_dispatch_from_train_lrn():
-    from train.lrn import lrn
+    from train.response_norm import lrn
     x = (torch.relu(torch.randn(8, 48, 13, 13, device="cuda")) * 30).contiguous(
         memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16):

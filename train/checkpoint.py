@@ -5,21 +5,22 @@ A checkpoint holds everything `--resume` needs to continue exactly (model, optim
 step, position in the epoch, RNG states) and everything `eval` and `figures` need to rebuild the
 model (`model_config`: num_classes, width, init, input_norm), so those commands take no other arguments.
 """
+import hashlib
+import json
 import os
+import random
 import shutil
 
+import numpy as np
 import torch
+
+from shards.files import atomic_write
 
 
 def save_checkpoint(run_dir, state: dict) -> str:
     """Write `checkpoint-<step>.pt` atomically and point `last.pt` at it; returns the path."""
     path = os.path.join(run_dir, f"checkpoint-{state['step']:08d}.pt")
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
     point(run_dir, path, "last.pt")
     return path
 
@@ -66,3 +67,47 @@ def model_from_checkpoint(path, devices=None):
                     input_norm=cfg.get("input_norm", "image"))
     model.load_state_dict(state["model"])
     return model.eval(), state
+
+
+def shards_fingerprint(manifest) -> str:
+    """sha256 over the classes and every shard's name and sha256: what a run was trained on,
+    wherever the shard directory now lies."""
+    h = hashlib.sha256()
+    h.update(json.dumps([c.wnid for c in manifest.classes]).encode())
+    for name, split in sorted(manifest.splits.items()):
+        for shard in split.shards:
+            h.update(f"{name}\t{shard.tar}\t{shard.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def _cuda_devices(devices):
+    return [torch.device(d) for d in (devices or ()) if torch.device(d).type == "cuda"]
+
+
+def rng_state(devices) -> dict:
+    """This process's RNG states: CPU, numpy, python, and the GPUs its columns use (by column)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": [torch.cuda.get_rng_state(d) for d in _cuda_devices(devices)]}
+
+
+def set_rng_state(state: dict, devices) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    for d, s in zip(_cuda_devices(devices), state.get("cuda", [])):
+        torch.cuda.set_rng_state(s, d)
+
+
+def check_classes(path, state: dict, shards, manifest) -> None:
+    """ValueError, one line, when the checkpoint at `path` was trained on other classes than the
+    shard directory `shards` holds: their count, or the first wnid that differs."""
+    wnids = [c.wnid for c in manifest.classes]
+    trained = state.get("classes", wnids)
+    n = state["model_config"]["num_classes"]
+    if n != manifest.num_classes:
+        raise ValueError(f"{path} was trained on {n} classes, {shards} has {manifest.num_classes}")
+    if trained != wnids:
+        i = next(i for i, (a, b) in enumerate(zip(trained, wnids)) if a != b)
+        raise ValueError(f"{path} was trained on other classes than {shards}: class {i} is {trained[i]} "
+                         f"there and {wnids[i]} here")

@@ -1,8 +1,9 @@
 """One typed settings object for a training run, written as `config.json` beside its outputs."""
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
+
+from shards.files import atomic_write_json
 
 
 # Initialisations (see train.model._init_weights and docs/PERFORMANCE.md for what each gave here):
@@ -15,6 +16,9 @@ INITS = ("caffe", "paper", "kaiming")
 # 0-255 values minus the mean image (Section 2); "channel" is (x/255 - mu)/sigma per channel,
 # unit scale, which Kaiming's derivation assumes.
 INPUT_NORMS = ("image", "channel")
+# Learning-rate schedules (train.schedule): Section 5's "divide by 10 when the validation error
+# stopped improving", or fixed epochs (lr_steps).
+SCHEDULES = ("plateau", "step")
 
 
 def input_norm_for(init: str) -> str:
@@ -58,14 +62,11 @@ class TrainConfig:
     num_threads: Optional[int] = None  # DALI threads
     resume: bool = False
     apply_changes: bool = False  # --resume: apply changed settings (recorded in resumes.jsonl) instead of refusing
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.input_norm is None:  # resolved here, so config.json records what ran
             self.input_norm = input_norm_for(self.init)
 
     def save(self, run_dir) -> None:
-        tmp = os.path.join(run_dir, "config.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=1)
-        os.replace(tmp, os.path.join(run_dir, "config.json"))
+        """`run_dir/config.json`: what runs from here on (rewritten by a resume that applies changes)."""
+        atomic_write_json(os.path.join(run_dir, "config.json"), asdict(self))

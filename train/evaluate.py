@@ -56,3 +56,28 @@ def evaluate(model, loader, device, amp=True, limit=None):
 
 def from_counts(errors1, errors5, loss_sum, seen):
     return {"top1_error": errors1 / seen, "top5_error": errors5 / seen, "loss": loss_sum / seen, "samples": int(seen)}
+
+
+def evaluate_checkpoint(shards, checkpoint, ten_crop=False, devices=None, batch_size=128) -> dict:
+    """{"top1_error", "top5_error", "loss", "samples", "ten_crop", "step"} of a checkpoint on the
+    validation split of `shards`, read the way its training read them (its input_norm).
+    `devices`: the columns' devices (train.launch.resolve_devices), None for the CPU. ValueError
+    (one line) for a checkpoint of other classes or an unreadable file; FileNotFoundError for a
+    missing one."""
+    from pipeline import build_loader
+    from shards import Manifest
+    from train.checkpoint import check_classes, model_from_checkpoint
+
+    manifest = Manifest.load(shards)
+    manifest.split("val")
+    model, state = model_from_checkpoint(checkpoint, devices=devices)
+    check_classes(checkpoint, state, shards, manifest)
+    device = devices[0] if devices else "cpu"
+    loader = build_loader(shards, "val", batch_size, device=device, ten_crop=ten_crop, mean=model.config["input_norm"])
+    try:
+        r = evaluate(model, loader, device)
+    finally:
+        loader.close()
+    r.pop("counts", None)
+    r.update(ten_crop=ten_crop, step=state.get("step"))
+    return r

@@ -33,19 +33,6 @@ NEIGHBOURS_K = 6  # the paper's six training images per query
 CROP = 224
 
 
-def _devices_for(device):
-    """(model devices for AlexNet, the device the inputs live on)."""
-    if device is None:
-        return None, "cpu"
-    if isinstance(device, (tuple, list)):
-        devs = tuple(str(d) for d in device)
-    else:
-        devs = tuple(d.strip() for d in str(device).split(",") if d.strip())
-    if not devs or devs == ("cpu",):
-        return None, "cpu"
-    return devs, devs[0]
-
-
 def mean_crop(shards, manifest=None):
     """The 224×224×3 centre crop of the training mean image, in 0–255 units (float32)."""
     from shards import Manifest
@@ -159,7 +146,7 @@ def _take(loader, n):
     return torch.cat(xs)[:n], torch.cat(ys)[:n].long()
 
 
-def make_figures(shards, checkpoint, out_dir, device="cpu", n_predictions=8, n_neighbours=4, n_train=None,
+def make_figures(shards, checkpoint, out_dir, devices=None, n_predictions=8, n_neighbours=4, n_train=None,
                  batch_size=64, k=NEIGHBOURS_K, progress=False):
     """Write the figures of Section 6.1 for a checkpoint; returns {name: path}.
 
@@ -167,121 +154,133 @@ def make_figures(shards, checkpoint, out_dir, device="cpu", n_predictions=8, n_n
     (rows) for neighbours.png, each with its `k` (6) nearest training images, searched over the
     first `n_train` training images (all when None) read in shard order as centre crops without
     flips (`neighbours.json` indices are positions in that order).
-    `device`: "cpu", "cuda", "cuda:1", or two devices ("cuda:0,cuda:1") for the two columns.
+    `devices`: the columns' devices (train.launch.resolve_devices), None for the CPU.
     Names: kernels, predictions, predictions_json, neighbours, neighbours_json, curves; when a
     figure cannot be made (no metrics.jsonl, no validation or training split) its name is
     absent and `notes` (a list of strings) says why.
     """
-    import torch
-
     from shards import Manifest
     from train.checkpoint import model_from_checkpoint
 
     shards, checkpoint, out_dir = str(shards), str(checkpoint), str(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     manifest = Manifest.load(shards)
-    names = [c.name or c.wnid for c in manifest.classes]
-    devices, in_device = _devices_for(device)
-    model, state = model_from_checkpoint(checkpoint, devices=devices)
-    model.eval()
-    out, notes = {}, []
+    model, _ = model_from_checkpoint(checkpoint, devices=devices)
+    fig = _Figures(shards, manifest, model, out_dir, devices[0] if devices else "cpu", batch_size)
+    fig.kernels()
+    queries = fig.validation_images(max(n_predictions, n_neighbours))
+    if queries is not None and n_predictions > 0:
+        fig.predictions(*(q[:n_predictions] for q in queries))
+    if queries is not None and n_neighbours > 0:
+        fig.neighbours(*(q[:n_neighbours] for q in queries), k=k, n_train=n_train, progress=progress)
+    fig.curves(checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint)))
+    if fig.notes:
+        fig.out["notes"] = fig.notes
+    return fig.out
 
-    # Figure 3
-    path = os.path.join(out_dir, "kernels.png")
-    plot_kernels(model.conv1_weight(), path, columns=2)
-    out["kernels"] = path
 
-    input_norm = model.config["input_norm"]  # what training fed the model, from the checkpoint
-    if input_norm == "image":
-        offset, scale = mean_crop(shards, manifest), 1.0
-    else:
-        offset, scale = (255.0 * np.asarray(v, np.float32) for v in (manifest.stats.mean, manifest.stats.std))
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+    return path
 
-    def show(x):
-        return to_display(x, offset, scale)
 
-    val_x = val_y = None
-    want = max(n_predictions, n_neighbours)
-    if want <= 0:
-        pass
-    elif "val" in manifest.splits and manifest.splits["val"].samples > 0:
+class _Figures:
+    """The figures of one checkpoint: each method draws one and records its paths in `out`, or
+    records in `notes` why it could not."""
+
+    def __init__(self, shards, manifest, model, out_dir, in_device, batch_size):
+        self.shards, self.manifest, self.model, self.out_dir = shards, manifest, model.eval(), out_dir
+        self.in_device, self.batch_size = in_device, batch_size
+        self.names = [c.name or c.wnid for c in manifest.classes]
+        self.input_norm = model.config["input_norm"]  # what training fed the model, from the checkpoint
+        if self.input_norm == "image":
+            self.offset, self.scale = mean_crop(shards, manifest), 1.0
+        else:
+            self.offset, self.scale = (255.0 * np.asarray(v, np.float32)
+                                       for v in (manifest.stats.mean, manifest.stats.std))
+        self.out, self.notes = {}, []
+
+    def path(self, name):
+        return os.path.join(self.out_dir, name)
+
+    def show(self, x):
+        return to_display(x, self.offset, self.scale)
+
+    def _has(self, split):
+        return split in self.manifest.splits and self.manifest.splits[split].samples > 0
+
+    def loader(self, split, **kwargs):
         from pipeline import build_loader  # train never opens a tar: the pipeline reads the shards
 
-        val = build_loader(shards, "val", batch_size, in_device, mean=input_norm)
-        val_x, val_y = _take(val, want)
-        del val
-    else:
-        notes.append("predictions and neighbours skipped: the shard directory has no validation split")
+        return build_loader(self.shards, split, self.batch_size, self.in_device, mean=self.input_norm, **kwargs)
 
-    # Figure 4, left
-    if val_x is not None and n_predictions > 0:
-        x, y = val_x[:n_predictions], val_y[:n_predictions]
-        probs, idx = top_predictions(model, x, k=5)
-        path = os.path.join(out_dir, "predictions.png")
-        plot_predictions(show(x), y.tolist(), probs.tolist(), idx.tolist(), names, path)
-        out["predictions"] = path
-        jpath = os.path.join(out_dir, "predictions.json")
-        with open(jpath, "w") as f:
-            json.dump([{"position": j, "label": int(y[j]), "top5": idx[j].tolist(), "probs": probs[j].tolist()}
-                       for j in range(len(y))], f, indent=1)
-        out["predictions_json"] = jpath
+    def kernels(self):
+        """Figure 3: the conv1 kernels, one block per column."""
+        plot_kernels(self.model.conv1_weight(), self.path("kernels.png"), columns=2)
+        self.out["kernels"] = self.path("kernels.png")
 
-    # Figure 4, right
-    if val_x is not None and n_neighbours > 0:
-        if "train" not in manifest.splits or manifest.splits["train"].samples == 0:
-            notes.append("neighbours skipped: the shard directory has no training split")
-        else:
-            qx, qy = val_x[:n_neighbours], val_y[:n_neighbours]
-            with torch.no_grad():
-                _, qf = model(qx, return_features=True)
-            search = NeighbourSearch(qf.float(), k=k)
-            # validation mode: centre crops, no flips, no lighting, shard order, every image once
-            train = build_loader(shards, "train", batch_size, in_device, augment=False, lighting=0.0,
-                                 mean=input_norm,
-                                 shuffle=False, drop_last=False)
-            limit = n_train if n_train is not None else manifest.splits["train"].samples
-            bar = None
-            if progress:
-                try:
-                    from tqdm import tqdm
+    def validation_images(self, n):
+        """The first n validation (inputs, labels), or None (with a note) when there are none."""
+        if n <= 0:
+            return None
+        if not self._has("val"):
+            self.notes.append("predictions and neighbours skipped: the shard directory has no validation split")
+            return None
+        return _take(self.loader("val"), n)
 
-                    bar = tqdm(total=limit, desc="fc7 features", unit="img")
-                except ImportError:
-                    pass
-            with torch.no_grad():
-                for x, y in train:
-                    if search.seen >= limit:
-                        break
-                    x, y = x[: limit - search.seen], y[: limit - search.seen]
-                    _, f = model(x, return_features=True)
-                    search.add(f.float(), y, x, show)
-                    if bar is not None:
-                        bar.update(x.shape[0])
-            if bar is not None:
-                bar.close()
-            del train
-            path = os.path.join(out_dir, "neighbours.png")
-            plot_neighbours(show(qx), qy.tolist(), search.images, search.labels.numpy(), names, path)
-            out["neighbours"] = path
-            jpath = os.path.join(out_dir, "neighbours.json")
-            with open(jpath, "w") as f:
-                json.dump({"train_images_searched": search.seen,
-                           "queries": [{"position": r, "label": int(qy[r]),
-                                        "neighbours": search.index[r].tolist(),
-                                        "labels": search.labels[r].tolist(),
-                                        "distances": search.dist[r].tolist()} for r in range(len(qy))]},
-                          f, indent=1)
-            out["neighbours_json"] = jpath
+    def predictions(self, x, y):
+        """Figure 4, left: the top-5 labels with their probabilities."""
+        probs, idx = top_predictions(self.model, x, k=5)
+        path = self.path("predictions.png")
+        plot_predictions(self.show(x), y.tolist(), probs.tolist(), idx.tolist(), self.names, path)
+        self.out["predictions"] = path
+        self.out["predictions_json"] = _write_json(self.path("predictions.json"), [
+            {"position": j, "label": int(y[j]), "top5": idx[j].tolist(), "probs": probs[j].tolist()}
+            for j in range(len(y))])
 
-    # curves
-    run_dir = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
-    metrics = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(metrics):
-        path = os.path.join(out_dir, "curves.png")
-        plot_curves(metrics, path)
-        out["curves"] = path
-    else:
-        notes.append(f"curves skipped: no metrics.jsonl in {run_dir}")
-    if notes:
-        out["notes"] = notes
-    return out
+    def neighbours(self, qx, qy, k, n_train, progress):
+        """Figure 4, right: the k training images nearest each query in fc7's feature space."""
+        import torch
+
+        if not self._has("train"):
+            self.notes.append("neighbours skipped: the shard directory has no training split")
+            return
+        with torch.no_grad():
+            _, qf = self.model(qx, return_features=True)
+        search = NeighbourSearch(qf.float(), k=k)
+        # validation mode: centre crops, no flips, no lighting, shard order, every image once
+        train = self.loader("train", augment=False, lighting=0.0, shuffle=False, drop_last=False)
+        limit = n_train if n_train is not None else self.manifest.splits["train"].samples
+        self._search(search, train, limit, progress)
+        path = self.path("neighbours.png")
+        plot_neighbours(self.show(qx), qy.tolist(), search.images, search.labels.numpy(), self.names, path)
+        self.out["neighbours"] = path
+        self.out["neighbours_json"] = _write_json(self.path("neighbours.json"), {
+            "train_images_searched": search.seen,
+            "queries": [{"position": r, "label": int(qy[r]), "neighbours": search.index[r].tolist(),
+                         "labels": search.labels[r].tolist(), "distances": search.dist[r].tolist()}
+                        for r in range(len(qy))]})
+
+    def _search(self, search, train, limit, progress):
+        """Stream the first `limit` training images through the model into `search`."""
+        import torch
+        from tqdm import tqdm
+
+        with torch.no_grad(), tqdm(total=limit, desc="fc7 features", unit="img", disable=not progress) as bar:
+            for x, y in train:
+                if search.seen >= limit:
+                    break
+                x, y = x[: limit - search.seen], y[: limit - search.seen]
+                _, f = self.model(x, return_features=True)
+                search.add(f.float(), y, x, self.show)
+                bar.update(x.shape[0])
+
+    def curves(self, run_dir):
+        """Training loss and validation error from the run's metrics.jsonl."""
+        metrics = os.path.join(run_dir, "metrics.jsonl")
+        if not os.path.exists(metrics):
+            self.notes.append(f"curves skipped: no metrics.jsonl in {run_dir}")
+            return
+        plot_curves(metrics, self.path("curves.png"))
+        self.out["curves"] = self.path("curves.png")

@@ -1,8 +1,8 @@
-"""`alexnet profile`: is the GPU fed? (DESIGN.md Contract 4)
+"""`alexnet profile`: is the GPU fed? (docs/DESIGN.md, "Profile")
 
 Measured in one run, on the same shards, at the same batch size and precision:
   pipeline    the DALI training loader alone (img/s)
-  model       training steps of the model alone on synthetic input (img/s)
+  model       the trainer's own training step (train.step) alone, on synthetic input (img/s)
   end_to_end  the loader feeding the training steps (img/s, and the fraction of step time spent
               waiting for data)
   peer        the stock webdataset + PIL + DataLoader reference loader doing the same work (img/s)
@@ -12,33 +12,9 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
-from train.evaluate import autocast_for
-
-
-class _Clock:
-    """Marks between batches without stalling the host: CUDA events on a GPU (read once, after a
-    single synchronisation at the end), perf_counter on the CPU. As in training, the host queues
-    work ahead; `intervals()` gives the seconds between consecutive marks."""
-
-    def __init__(self, device):
-        self.cuda = torch.device(device).type == "cuda"
-        self.marks = []
-
-    def mark(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            self.marks.append(e)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def intervals(self):
-        if self.cuda:
-            self.marks[-1].synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+from train.step import build_model, build_optimizer, memory_format_for, train_step
+from train.timing import Clock
 
 
 def _batches(loader, n):
@@ -53,7 +29,7 @@ def _batches(loader, n):
 
 def _time_loader(loader, n, warmup, device):
     """Per-batch seconds of pulling batches onto the device, warm-up excluded."""
-    clock, sizes = _Clock(device), []
+    clock, sizes = Clock(device), []
     for i, (images, labels) in enumerate(_batches(loader, n + warmup)):
         images = images.to(device, non_blocking=True)
         if i >= warmup - 1:
@@ -63,70 +39,55 @@ def _time_loader(loader, n, warmup, device):
     return clock.intervals(), sizes
 
 
-class _Stepper:
-    """One training step of the model (forward, backward, Section 5's SGD), as in `alexnet train`."""
-
-    def __init__(self, num_classes, device, width, amp, channels_last, init="caffe"):
-        from train.model import AlexNet
-        from train.optim import PaperSGD, param_groups
-
-        self.device = torch.device(device)
-        cuda = self.device.type == "cuda"
-        self.model = AlexNet(num_classes, devices=(str(self.device),) if cuda else None, width=width, init=init)
-        self.memory_format = torch.channels_last if (cuda and channels_last) else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
-        self.opt = PaperSGD(param_groups(self.model, 5e-4), lr=0.001)
-        self.amp = amp and cuda
-
-    def __call__(self, images, labels):
-        with autocast_for(self.device, self.amp):
-            loss = F.cross_entropy(self.model(images).float(), labels.to(self.device))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-
-
 def _summary(times, sizes):
     total = sum(times)
     return {"img_s": sum(sizes) / total if total else 0.0, "batches": len(times),
             "per_batch_img_s": [s / t for s, t in zip(sizes, times)]}
 
 
-def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, warmup=3, peer_workers=None,
-                amp=True, channels_last=True, progress=print, init="caffe"):
+def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, progress=print):
+    """The four measurements of the module docstring, for the model and loader that `cfg` (a
+    TrainConfig: shards, width, init, batch size, amp, channels-last) describes, on `devices`
+    (train.launch.resolve_devices; None for the CPU). The model runs the trainer's own step."""
     from pipeline import build_loader
+    from pipeline.draws import CROP
     from pipeline.reference import build_reference_loader
     from shards import Manifest
 
+    device = torch.device(devices[0] if devices else "cpu")
     warmup = max(1, warmup)  # the first timed interval starts at the end of a warm-up batch
-    manifest = Manifest.load(shards)
-    mf = torch.channels_last if (torch.device(device).type == "cuda" and channels_last) else torch.contiguous_format
+    manifest = Manifest.load(cfg.shards)
+    mf = memory_format_for(cfg, device)
     peer_workers = peer_workers or min(16, os.cpu_count() or 1)
-    result = {"device": str(device), "batch_size": batch_size, "width": width, "batches": batches,
-              "warmup_batches": warmup, "amp_bf16": bool(amp and torch.device(device).type == "cuda")}
+    n = cfg.batch_size
+    result = {"device": str(device) if devices is None or len(devices) == 1 else ",".join(devices),
+              "batch_size": n, "width": cfg.width, "batches": batches, "warmup_batches": warmup,
+              "amp_bf16": bool(cfg.amp and device.type == "cuda")}
 
-    progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {batch_size})")
-    from train.config import input_norm_for
-
-    input_norm = input_norm_for(init)  # the input a training run with this init reads
-    loader = build_loader(shards, "train", batch_size, device=device, memory_format=mf, mean=input_norm)
+    progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {n})")
+    loader = build_loader(cfg.shards, "train", n, device=str(device), memory_format=mf, mean=cfg.input_norm)
     result["pipeline"] = _summary(*_time_loader(loader, batches, warmup, device))
 
     progress("profile: model alone on synthetic input")
-    step = _Stepper(manifest.num_classes, device, width, amp, channels_last, init)
-    scale = 60.0 if input_norm == "image" else 1.0  # the loader's output scale
-    x = torch.randn(batch_size, 3, 224, 224, device=device).mul_(scale).contiguous(memory_format=mf)
-    y = torch.randint(0, manifest.num_classes, (batch_size,), device=device)
-    clock = _Clock(device)
+    model = build_model(cfg, manifest.num_classes, devices)
+    optimizer = build_optimizer(model, cfg)
+
+    def step(images, labels):
+        train_step(model, optimizer, images, labels, device, cfg.amp)
+
+    scale = 60.0 if cfg.input_norm == "image" else 1.0  # the loader's output scale
+    x = torch.randn(n, 3, CROP, CROP, device=device).mul_(scale).contiguous(memory_format=mf)
+    y = torch.randint(0, manifest.num_classes, (n,), device=device)
+    clock = Clock(device)
     for i in range(batches + warmup):
         step(x, y)
         if i >= warmup - 1:
             clock.mark()
     times = clock.intervals()
-    result["model"] = _summary(times, [batch_size] * len(times))
+    result["model"] = _summary(times, [n] * len(times))
 
     progress("profile: pipeline feeding the model")
-    clock, waits, sizes = _Clock(device), [], []
+    clock, waits, sizes = Clock(device), [], []
     batches_iter = _batches(loader, batches + warmup)
     for i in range(batches + warmup):
         t = time.perf_counter()
@@ -144,7 +105,7 @@ def run_profile(shards, device="cpu", width=1.0, batch_size=128, batches=20, war
     result["end_to_end"]["data_wait"] = result["data_wait"]
 
     progress(f"profile: reference loader (webdataset + PIL + DataLoader, {peer_workers} workers)")
-    peer = build_reference_loader(shards, "train", batch_size, num_workers=peer_workers, mean=input_norm)
+    peer = build_reference_loader(cfg.shards, "train", n, num_workers=peer_workers, mean=cfg.input_norm)
     # every worker's first batch is built during start-up: warm up until all have delivered
     peer_warmup = max(warmup, peer_workers)
     result["peer"] = _summary(*_time_loader(peer, batches, peer_warmup, device))

@@ -1,38 +1,30 @@
-"""The training loop of Section 5, one model replica per process (DESIGN.md Contract 3).
+"""The training loop of Section 5, one model replica per process (docs/DESIGN.md, "Trainer").
 
 One process trains one two-column AlexNet (model parallel over two GPUs, or one GPU, or the CPU);
 `torchrun` starts one process per replica and DistributedDataParallel averages the gradients.
-Outputs go to the run directory: config.json, metrics.jsonl, checkpoint-<step>.pt, last.pt.
+Outputs go to the run directory: config.json, metrics.jsonl, checkpoint-<step>.pt, last.pt,
+best.pt. `Trainer.fit` is the loop, top to bottom: epochs, batches, step, log, validate,
+checkpoint; the counters (step, epoch, batch_in_epoch) change only there.
 """
 import json
 import math
 import os
-import random
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from train.checkpoint import load_checkpoint, point, save_checkpoint
+from train.checkpoint import load_checkpoint, point, rng_state, save_checkpoint, set_rng_state, shards_fingerprint
 from train.config import RESUMABLE_CHANGES, TrainConfig
-from train.evaluate import autocast_for, evaluate, from_counts
-from train.model import AlexNet
-from train.optim import PaperSGD, param_groups
+from train.evaluate import evaluate, from_counts
+from train.launch import Launch, resolve_devices
+from train.metrics import MetricsLog
 from train.schedule import make_schedule
+from train.step import build_model, build_optimizer, memory_format_for, train_step
+from train.timing import StepTimes
 
 
-def shards_fingerprint(manifest) -> str:
-    """sha256 over the classes and every shard's name and sha256: what a run was trained on,
-    wherever the shard directory now lies."""
-    import hashlib
-
-    h = hashlib.sha256()
-    h.update(json.dumps([c.wnid for c in manifest.classes]).encode())
-    for name, split in sorted(manifest.splits.items()):
-        for shard in split.shards:
-            h.update(f"{name}\t{shard.tar}\t{shard.sha256}\n".encode())
-    return h.hexdigest()
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def changed_settings(was: dict, now: TrainConfig) -> dict:
@@ -44,152 +36,199 @@ def changed_settings(was: dict, now: TrainConfig) -> dict:
             if k in was and k not in RESUMABLE_CHANGES and norm(was[k]) != norm(v)}
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_devices(cfg: TrainConfig, local_rank: int = 0, local_world: int = 1):
-    """(column devices or None for CPU, the device that holds the input and the logits).
-
-    With L processes on a machine of n GPUs: a pair of GPUs per process (2r, 2r+1; Section 3.2)
-    when n >= 2L, else one GPU per process when n >= L; the choice is the same on every rank.
-    """
-    kind = cfg.device
-    if kind == "auto":
-        kind = "cuda" if (cfg.devices or torch.cuda.is_available()) else "cpu"
-    if kind == "cpu" and not cfg.devices:
-        return None, torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("--device cuda / --devices: no CUDA GPU is visible (use --device cpu)")
-    n = torch.cuda.device_count()
-    if cfg.devices:
-        if local_world > 1:
-            raise ValueError("--devices names the GPUs of one process; under torchrun leave it out "
-                             "(process r then uses GPUs 2r and 2r+1)")
-        devices = tuple(str(torch.device(d)) for d in cfg.devices)
-        bad = [d for d in devices if torch.device(d).type != "cuda" or (torch.device(d).index or 0) >= n]
-        if bad:
-            raise ValueError(f"--devices {','.join(devices)}: {', '.join(bad)} is not one of the {n} visible GPU(s)")
-        return devices, torch.device(devices[0])
-    if n >= 2 * local_world:
-        devices = (f"cuda:{2 * local_rank}", f"cuda:{2 * local_rank + 1}")
-    elif n >= local_world:
-        devices = (f"cuda:{local_rank}",)
-    else:
-        raise ValueError(f"{local_world} processes on this machine but only {n} GPU(s) visible")
-    return devices, torch.device(devices[0])
-
-
-class MetricsLog:
-    def __init__(self, path, enabled=True):
-        self.path, self.enabled = path, enabled
-
-    def write(self, row):
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    def truncate_after(self, step):
-        """Drop rows later than `step` (written after the checkpoint a run resumes from)."""
-        if not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            lines = [line for line in f if line.strip()]
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                pass  # a half-written last line
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(self.path + ".tmp", self.path)
-
-
-def _rng_state(devices):
-    """This process's RNG states: CPU, numpy, python, and the GPUs its columns use (by column)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    cuda = [torch.device(d) for d in (devices or ()) if torch.device(d).type == "cuda"]
-    state["cuda"] = [torch.cuda.get_rng_state(d) for d in cuda]
-    return state
-
-
-def _set_rng_state(state, devices):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    cuda = [torch.device(d) for d in (devices or ()) if torch.device(d).type == "cuda"]
-    for d, s in zip(cuda, state.get("cuda", [])):
-        torch.cuda.set_rng_state(s, d)
-
-
 class Trainer:
-    def __init__(self, cfg: TrainConfig, progress=True):
-        from pipeline import build_loader  # the only seam to the data: train never opens a tar
+    """One replica's run: the loaders, the model and its optimiser, the schedule, the counters."""
+
+    def __init__(self, cfg: TrainConfig, progress=True, launch: Launch = None):
+        from shards import Manifest
 
         self.cfg = cfg
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.main = self.rank == 0
+        self.launch = launch or Launch.from_env()
+        self.rank, self.world, self.main = self.launch.rank, self.launch.world, self.launch.main
         self.progress = progress and self.main
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        self.devices, self.device = resolve_devices(cfg, self.local_rank, local_world)
+        self.devices, self.device = resolve_devices(cfg.device, cfg.devices, self.launch)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.cuda.set_device(self.device)
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.cuda else "gloo")
-        from shards import Manifest
-
         self.manifest = Manifest.load(cfg.shards)
         self.shards_fingerprint = shards_fingerprint(self.manifest)  # stored in every checkpoint
-        self.memory_format = torch.channels_last if (self.cuda and cfg.channels_last) else torch.contiguous_format
-        common = dict(device=self.device.type if not self.cuda else str(self.device), rank=self.rank,
-                      world_size=self.world, seed=cfg.seed, num_threads=cfg.num_threads,
-                      memory_format=self.memory_format, mean=cfg.input_norm)
-        self.train_loader = build_loader(cfg.shards, "train", cfg.batch_size, lighting=cfg.lighting, **common)
-        self.val_loader = (
-            build_loader(cfg.shards, "val", cfg.batch_size, **common) if "val" in self.manifest.splits else None
-        )
-
-        torch.manual_seed(cfg.seed)  # identical initial weights on every replica
-        self.model = AlexNet(self.manifest.num_classes, devices=self.devices, width=cfg.width, init=cfg.init,
-                             input_norm=cfg.input_norm)
-        torch.manual_seed(cfg.seed + 1000 * self.rank + 1)  # then dropout differs per replica
-        if self.devices is None:
-            self.model.to(memory_format=self.memory_format)
-        elif self.cuda and cfg.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.optimizer = PaperSGD(
-            param_groups(self.model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
-        )
+        self.train_loader, self.val_loader = self._loaders()
+        self.model = build_model(cfg, self.manifest.num_classes, self.devices, self.rank)
+        self.optimizer = build_optimizer(self.model, cfg)
         chance = 1.0 - 1.0 / self.manifest.num_classes
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.lr_drops, cfg.patience, cfg.lr_steps,
                                       started_below=0.9 * chance)
-        self.net = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.net = DistributedDataParallel(self.model)  # device_ids=None: a multi-device module
-        if cfg.compile:
-            self.net = torch.compile(self.net)
-        self.step = 0
-        self.epoch = 0
+        self.net = self._wrap(self.model)
+        self.step = 0  # optimiser steps in all, across resumes
+        self.epoch = 0  # the epoch being trained
         self.batch_in_epoch = 0  # batches of `epoch` already trained (for mid-epoch resume)
         self.best_error = float("inf")  # the lowest validation top-1 error so far (best.pt)
+        self._bar = None  # the epoch's progress bar (main rank)
         os.makedirs(cfg.out, exist_ok=True)
         self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
         if cfg.resume:
             self._resume()
-        elif self.main:  # a fresh start: rows left by a run killed before its first checkpoint go
+        else:  # a fresh start: rows left by a run killed before its first checkpoint go
             self.metrics.truncate_after(0)
-            cfg.save(cfg.out)
+            if self.main:
+                cfg.save(cfg.out)
+
+    def _loaders(self):
+        from pipeline import build_loader  # the only seam to the data: train never opens a tar
+
+        cfg = self.cfg
+        common = dict(device=str(self.device) if self.cuda else "cpu", rank=self.rank, world_size=self.world,
+                      seed=cfg.seed, num_threads=cfg.num_threads or self.launch.threads(),
+                      memory_format=memory_format_for(cfg, self.device), mean=cfg.input_norm)
+        train = build_loader(cfg.shards, "train", cfg.batch_size, lighting=cfg.lighting, **common)
+        val = build_loader(cfg.shards, "val", cfg.batch_size, **common) if "val" in self.manifest.splits else None
+        return train, val
+
+    def _wrap(self, model):
+        net = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model)  # device_ids=None: a multi-device module
+        return torch.compile(net) if self.cfg.compile else net
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self):
+        """Train until cfg.epochs are done or cfg.max_steps is reached; returns self."""
+        cfg = self.cfg
+        while self.epoch < cfg.epochs and not self.done():
+            self._set_lr(self.schedule.on_epoch(self.epoch))
+            losses, times = [], StepTimes(self.device)
+            rest = self._epoch_batches() if self.batch_in_epoch < len(self.train_loader) else ()
+            for images, labels, waited in rest:
+                clock = times.step_clock()
+                clock.mark()
+                losses.append(self.train_step(images, labels).detach())
+                clock.mark()
+                times.waited(waited, images.shape[0])
+                self.step += 1
+                self.batch_in_epoch += 1
+                if self.step % cfg.log_every == 0 or self.done():
+                    self._log(losses, times)
+                    losses = []
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if self.done():
+                    break
+            self._check_finite(losses)  # the tail of the epoch, not logged
+            if self.batch_in_epoch < len(self.train_loader):  # stopped mid-epoch by --max-steps
+                self.save()
+                break
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._end_of_epoch(finished=self.epoch - 1)
+        return self
+
+    def train_step(self, images, labels):
+        return train_step(self.net, self.optimizer, images, labels, self.device, self.cfg.amp)
+
+    def done(self):
+        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
+
+    def _epoch_batches(self):
+        """(images, labels, seconds the host waited for them) for the rest of the epoch. A resume
+        mid-epoch skips the batches already trained: the draws of epoch e are a function of
+        (seed, rank, e), so the same batches follow."""
+        loader = self.train_loader
+        loader.set_epoch(self.epoch)
+        it = iter(loader)
+        for _ in range(self.batch_in_epoch):
+            next(it)
+        bar = self._bar = self._progress_bar(len(loader))
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    images, labels = next(it)
+                except StopIteration:
+                    return
+                yield images, labels, time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            self._bar = None
+
+    def _progress_bar(self, total):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}", unit="batch",
+                    dynamic_ncols=True, leave=False)
+
+    def _log(self, losses, times):
+        """One metrics row for the window: mean loss (one sync), img/s, data and compute time."""
+        loss = self._check_finite(losses)
+        t = times.window()
+        row = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+               "images_per_s": t["images"] * self.world / t["elapsed_s"],
+               "data_wait": t["data_s"] / t["elapsed_s"],
+               "data_ms": 1e3 * t["data_s"] / t["steps"], "compute_ms": 1e3 * t["compute_s"] / t["steps"]}
+        self.metrics.write(row)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{row['images_per_s']:.0f}",
+                                  wait=f"{100 * row['data_wait']:.0f}%")
+
+    def _check_finite(self, losses):
+        """The mean of `losses` (None when empty); TrainingDiverged when it is NaN or infinite."""
+        if not losses:
+            return None
+        mean = torch.stack(losses).float().mean().item()
+        if not math.isfinite(mean):
+            last = os.path.join(self.cfg.out, "last.pt")
+            kept = (f"the last good checkpoint is {last}" if os.path.exists(last)
+                    else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"loss is {mean} at step {self.step}; stopped, {kept} (try a lower --lr)")
+        return mean
+
+    def _end_of_epoch(self, finished):
+        """Validate when due (the schedule reads the error), write the row, checkpoint, best.pt."""
+        improved = False
+        if self.val_loader is not None and (finished + 1) % self.cfg.val_every == 0:
+            result = self.validate()
+            self._set_lr(self.schedule.on_validation(result["top1_error"]))
+            self.metrics.write({"step": self.step, "epoch": finished, **result,
+                                "lr": self.optimizer.param_groups[0]["lr"]})
+            improved = result["top1_error"] < self.best_error
+            self.best_error = min(self.best_error, result["top1_error"])  # saved in the checkpoint
+        path = self.save()
+        if improved and self.main:
+            point(self.cfg.out, path, "best.pt")
+
+    def _set_lr(self, lr):
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def validate(self):
+        """Centre-crop top-1/top-5 error and loss on the validation split, summed over ranks."""
+        r = evaluate(self.net, self.val_loader, self.device, amp=self.cfg.amp)
+        if self.world > 1:
+            counts = torch.tensor(r["counts"], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(counts)
+            r = from_counts(*counts.tolist())
+        r.pop("counts", None)
+        return r
+
+    def close(self):
+        """Release the loaders' prepared pipelines and leave the process group (torchrun)."""
+        for loader in (self.train_loader, self.val_loader):
+            if loader is not None:
+                loader.close()
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
     # --- checkpoints ---------------------------------------------------------------------
     def _state(self):
-        rng = _rng_state(self.devices)
+        rng = rng_state(self.devices)
         if self.world > 1:  # every rank's own states, restored by rank on resume
             everyone = [None] * self.world
             torch.distributed.all_gather_object(everyone, rng)
@@ -215,170 +254,56 @@ class Trainer:
     def save(self):
         """Write a checkpoint (every rank takes part under DDP); its path on the main rank."""
         state = self._state()
-        if self.main:
-            return save_checkpoint(self.cfg.out, state)
-        return None
+        return save_checkpoint(self.cfg.out, state) if self.main else None
 
     def _resume(self):
         path = os.path.join(self.cfg.out, "last.pt")
         if not os.path.exists(path):
             raise FileNotFoundError(f"--resume: {path} does not exist (start without --resume)")
         state = load_checkpoint(path)
-        mc = state["model_config"]
-        if ((mc["width"], mc["init"], mc.get("input_norm", "image"), mc["num_classes"])
-                != (self.cfg.width, self.cfg.init, self.cfg.input_norm, self.manifest.num_classes)):
-            raise ValueError(f"--resume: {path} was trained with other model settings {mc}")
-        was = state.get("train_config", {})
-        if was.get("batch_size", self.cfg.batch_size) != self.cfg.batch_size or state.get("world_size", 1) != self.world:
-            raise ValueError(f"--resume: {path} was trained with batch size {was.get('batch_size')} on "
-                             f"{state.get('world_size', 1)} replica(s); resume with the same settings")
-        if state.get("classes", [c.wnid for c in self.manifest.classes]) != [c.wnid for c in self.manifest.classes]:
-            raise ValueError(f"--resume: {path} was trained on other classes than {self.cfg.shards}")
-        if state.get("shards_fingerprint", self.shards_fingerprint) != self.shards_fingerprint:
-            raise ValueError(f"--resume: {self.cfg.shards} holds other shards than {path} was trained on "
-                             "(their sha256 differ); resume on the same shard directory")
-        changed = changed_settings(was, self.cfg)
-        if changed and not self.cfg.apply_changes:
-            said = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"--resume: {path} was trained with other settings ({said}); leave them out to "
-                             "continue as it ran, or add --apply-changes")
+        changed = self._check_resumable(path, state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         if changed:  # --apply-changes: from here on the run uses the new settings, and says so
-            if "lr" in changed:  # the schedule continues from the new rate
-                self.schedule.lr = self.cfg.lr
-                if hasattr(self.schedule, "base"):
-                    self.schedule.base = self.cfg.lr
-            if self.main:
-                with open(os.path.join(self.cfg.out, "resumes.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": state["step"], "changed": {k: list(v) for k, v in changed.items()}},
-                                       default=str) + "\n")
+            self._apply_changes(state["step"], changed)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_error = state.get("best_top1_error", float("inf"))
         rng = state["rng"]
-        _set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.devices)
+        set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.devices)
+        self.metrics.truncate_after(self.step)  # rows past the checkpoint are redone
         if self.main:
-            self.metrics.truncate_after(self.step)  # rows past the checkpoint are redone
             self.cfg.save(self.cfg.out)  # config.json says what runs from here on
 
-    # --- the loop ------------------------------------------------------------------------
-    def _set_lr(self, lr):
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+    def _check_resumable(self, path, state) -> dict:
+        """ValueError when `state` cannot continue as this run; the changes --apply-changes allows."""
+        cfg, wnids = self.cfg, [c.wnid for c in self.manifest.classes]
+        mc = state["model_config"]
+        if ((mc["width"], mc["init"], mc.get("input_norm", "image"), mc["num_classes"])
+                != (cfg.width, cfg.init, cfg.input_norm, self.manifest.num_classes)):
+            raise ValueError(f"--resume: {path} was trained with other model settings {mc}")
+        was = state.get("train_config", {})
+        if was.get("batch_size", cfg.batch_size) != cfg.batch_size or state.get("world_size", 1) != self.world:
+            raise ValueError(f"--resume: {path} was trained with batch size {was.get('batch_size')} on "
+                             f"{state.get('world_size', 1)} replica(s); resume with the same settings")
+        if state.get("classes", wnids) != wnids:
+            raise ValueError(f"--resume: {path} was trained on other classes than {cfg.shards}")
+        if state.get("shards_fingerprint", self.shards_fingerprint) != self.shards_fingerprint:
+            raise ValueError(f"--resume: {cfg.shards} holds other shards than {path} was trained on "
+                             "(their sha256 differ); resume on the same shard directory")
+        changed = changed_settings(was, cfg)
+        if changed and not cfg.apply_changes:
+            said = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"--resume: {path} was trained with other settings ({said}); leave them out to "
+                             "continue as it ran, or add --apply-changes")
+        return changed
 
-    def train_step(self, images, labels):
-        with autocast_for(self.device, self.cfg.amp):
-            logits = self.net(images)
-            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss
-
-    def done(self):
-        return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
-
-    def fit(self):
-        cfg = self.cfg
-        while self.epoch < cfg.epochs and not self.done():
-            self._set_lr(self.schedule.on_epoch(self.epoch))
-            if self.batch_in_epoch < len(self.train_loader):  # else resumed at the epoch's last batch
-                self.train_epoch()
-            if self.batch_in_epoch < len(self.train_loader):  # stopped mid-epoch by --max-steps
-                self.save()
-                break
-            finished_epoch = self.epoch
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            improved = False
-            if self.val_loader is not None and (finished_epoch + 1) % cfg.val_every == 0:
-                result = self.validate()
-                self._set_lr(self.schedule.on_validation(result["top1_error"]))
-                self.metrics.write({"step": self.step, "epoch": finished_epoch, **result,
-                                    "lr": self.optimizer.param_groups[0]["lr"]})
-                improved = result["top1_error"] < self.best_error
-                self.best_error = min(self.best_error, result["top1_error"])  # saved in the checkpoint
-            path = self.save()
-            if improved and self.main:
-                point(self.cfg.out, path, "best.pt")
-        return self
-
-    def close(self):
-        """Release the loaders' prepared pipelines and leave the process group (torchrun)."""
-        for loader in (self.train_loader, self.val_loader):
-            if loader is not None:
-                loader.close()
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-    def validate(self):
-        r = evaluate(self.net, self.val_loader, self.device, amp=self.cfg.amp)
-        if self.world > 1:
-            counts = torch.tensor(r["counts"], dtype=torch.float64, device=self.device)
-            torch.distributed.all_reduce(counts)
-            r = from_counts(*counts.tolist())
-        r.pop("counts", None)
-        return r
-
-    def train_epoch(self):
-        cfg = self.cfg
-        loader = self.train_loader
-        loader.set_epoch(self.epoch)
-        skip = self.batch_in_epoch
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(loader), initial=skip, desc=f"epoch {self.epoch}", unit="batch",
-                       dynamic_ncols=True, leave=False)
-        window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
-        losses = []
-        it = iter(loader)
-        for _ in range(skip):  # resume mid-epoch: the draws of epoch e are a function of (seed, rank, e)
-            next(it)
-        window_start = time.perf_counter()
-        while True:
-            t0 = time.perf_counter()
-            try:
-                images, labels = next(it)
-            except StopIteration:
-                break
-            window_wait += time.perf_counter() - t0
-            loss = self.train_step(images, labels)
-            self.step += 1
-            self.batch_in_epoch += 1
-            window_images += images.shape[0]
-            losses.append(loss.detach())
-            if self.step % cfg.log_every == 0 or self.done():
-                mean_loss = torch.stack(losses).float().mean().item()  # one sync per window
-                losses = []
-                if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(self._diverged(mean_loss))
-                elapsed = time.perf_counter() - window_start
-                row = {"step": self.step, "epoch": self.epoch, "loss": mean_loss,
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "images_per_s": window_images * self.world / elapsed,
-                       "data_wait": window_wait / elapsed}
-                self.metrics.write(row)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", img_s=f"{row['images_per_s']:.0f}",
-                                    wait=f"{100 * row['data_wait']:.0f}%")
-                window_images, window_wait, window_start = 0, 0.0, time.perf_counter()
-            if bar is not None:
-                bar.update(1)
-            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                self.save()
-            if self.done():
-                break
-        if bar is not None:
-            bar.close()
-        if losses:  # a check of the tail of the epoch too
-            tail = torch.stack(losses).float().mean().item()
-            if not math.isfinite(tail):
-                raise TrainingDiverged(self._diverged(tail))
-
-    def _diverged(self, loss):
-        last = os.path.join(self.cfg.out, "last.pt")
-        kept = f"the last good checkpoint is {last}" if os.path.exists(last) else "no checkpoint had been written yet"
-        return f"loss is {loss} at step {self.step}; stopped, {kept} (try a lower --lr)"
+    def _apply_changes(self, step, changed):
+        if "lr" in changed:  # the schedule continues from the new rate
+            self.schedule.lr = self.cfg.lr
+            if hasattr(self.schedule, "base"):
+                self.schedule.base = self.cfg.lr
+        if self.main:
+            with open(os.path.join(self.cfg.out, "resumes.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step, "changed": {k: list(v) for k, v in changed.items()}},
+                                   default=str) + "\n")

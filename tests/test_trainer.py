@@ -1,0 +1,177 @@
+"""The trainer on tiny shards (CPU): the run directory, metrics, resume, divergence, the recipe's
+first step, data-parallel training."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from shardkit import make_shards
+from trainkit import SMALL, metric_rows as _rows, tiny_shards, train_run as _train
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig
+from train.trainer import Trainer, TrainingDiverged
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return tiny_shards(tmp_path_factory.mktemp("shards"))
+
+
+def test_run_directory(shards, tmp_path):
+    t = _train(shards, tmp_path / "run", epochs=2)
+    assert t.step == 2 * 4  # 32 images / batch 8, two epochs
+    files = set(os.listdir(tmp_path / "run"))
+    assert {"config.json", "metrics.jsonl", "last.pt", "best.pt", "checkpoint-00000004.pt", "checkpoint-00000008.pt"} <= files
+    cfg = json.load(open(tmp_path / "run" / "config.json"))
+    assert cfg["width"] == 0.125 and cfg["init"] == "kaiming" and cfg["batch_size"] == 8
+    rows = _rows(tmp_path / "run")
+    train_rows = [r for r in rows if "loss" in r and "top1_error" not in r]
+    val_rows = [r for r in rows if "top1_error" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 9))
+    for r in train_rows:
+        assert {"step", "epoch", "loss", "lr", "images_per_s", "data_wait", "data_ms", "compute_ms"} <= set(r)
+        assert 0 <= r["data_wait"] <= 1 and r["images_per_s"] > 0
+        # one step per row: data and compute time together are the step's wall time, at most
+        step_ms = 1e3 * 8 / r["images_per_s"]
+        assert r["compute_ms"] > 0 and r["data_ms"] >= 0 and r["data_ms"] + r["compute_ms"] <= 1.05 * step_ms
+        assert r["data_ms"] == pytest.approx(r["data_wait"] * step_ms, rel=0.05, abs=0.05)
+    assert len(val_rows) == 2
+    for r in val_rows:
+        assert 0 <= r["top1_error"] <= 1 and 0 <= r["top5_error"] <= r["top1_error"]
+    # best.pt is the checkpoint of the lowest validation error (the first of equals)
+    errors = [r["top1_error"] for r in val_rows]
+    best_epoch = errors.index(min(errors)) + 1
+    assert os.path.samefile(tmp_path / "run" / "best.pt", tmp_path / "run" / f"checkpoint-{4 * best_epoch:08d}.pt")
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["best_top1_error"] == min(errors)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["model_config"] == {"num_classes": 8, "width": 0.125, "init": "kaiming", "input_norm": "channel"}
+    assert cfg["input_norm"] == "channel"  # resolved from the init, recorded as it ran
+    assert state["step"] == 8 and state["epoch"] == 2
+
+
+def test_fresh_start_drops_metrics_of_a_run_killed_before_its_first_checkpoint(shards, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(f'{{"step": {s}, "loss": 9.0}}\n' for s in (1, 2, 3)))
+    _train(shards, run, epochs=1)
+    steps = [r["step"] for r in _rows(run) if "top1_error" not in r]
+    assert steps == [1, 2, 3, 4] and all(r["loss"] != 9.0 for r in _rows(run))
+
+
+def test_resume_follows_the_same_trajectory(shards, tmp_path):
+    """Stopped mid-epoch by --max-steps and resumed, a CPU run ends with the same weights."""
+    full = _train(shards, tmp_path / "full", epochs=2, max_steps=7)
+    _train(shards, tmp_path / "part", epochs=2, max_steps=3)
+    assert load_checkpoint(tmp_path / "part")["batch_in_epoch"] == 3
+    resumed = _train(shards, tmp_path / "part", epochs=2, max_steps=7, resume=True)
+    assert resumed.step == full.step == 7
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs after resume")
+    losses = lambda run: [r["loss"] for r in _rows(run) if "top1_error" not in r]  # noqa: E731
+    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
+def test_diverged_run_stops_and_keeps_last_good_checkpoint(shards, tmp_path):
+    torch.set_num_threads(1)
+    t = Trainer(TrainConfig(shards=shards, out=str(tmp_path / "run"), epochs=3, checkpoint_every=2, **SMALL),
+                progress=False)
+    real_step = t.train_step
+
+    def nan_from_step_5(x, y):
+        loss = real_step(x, y)
+        return loss * float("nan") if t.step >= 4 else loss
+
+    t.train_step = nan_from_step_5
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        t.fit()
+    assert t.step == 5
+    assert load_checkpoint(tmp_path / "run")["step"] == 4  # the NaN step was not saved
+
+
+def test_trainer_passes_the_chance_threshold(shards, tmp_path):
+    t = Trainer(TrainConfig(shards=shards, out=str(tmp_path / "run"), epochs=1, **SMALL), progress=False)
+    assert t.schedule.started_below == pytest.approx(0.9 * (1 - 1 / 8))
+    t.close()
+
+
+def test_one_step_of_the_small_run_recipe_moves_every_layer_alike(tmp_path):
+    """The small-run recipe (width 0.25, kaiming, batch 32, the default lr 0.01) on real shard
+    input: after one step every weight layer moved by a similar share of its norm. With conv1
+    scaled for 0-255 input (the old design) conv1 moved ~1000x more than the rest."""
+    d = tmp_path / "shards"
+    d.mkdir()
+    make_shards(d, n_train=64, n_val=8, classes=8, shard_size=32, seed=3)
+    torch.set_num_threads(1)
+    t = Trainer(TrainConfig(shards=str(d), out=str(tmp_path / "run"), width=0.25, init="kaiming", batch_size=32,
+                            device="cpu", max_steps=1), progress=False)
+    assert t.cfg.lr == 0.01 and t.cfg.input_norm == "channel"
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters() if n.endswith("weight")}
+    t.fit()
+    t.close()
+    moved = {n: ((p.detach() - before[n]).norm() / before[n].norm()).item()
+             for n, p in t.model.named_parameters() if n in before}
+    assert len(moved) == 15 and all(v > 0 for v in moved.values())
+    hidden = {n: v for n, v in moved.items() if not n.startswith("fc8")}
+    # conv1-fc7 of both columns within 4x of each other; fc8 (10-way here) at most 30x the least
+    assert max(hidden.values()) / min(hidden.values()) < 4, moved
+    assert max(moved.values()) / min(moved.values()) < 30, moved
+    assert max(moved.values()) < 0.05, moved  # no layer's step is a sizeable part of its weights
+
+
+def test_resume_refuses_other_shards_with_the_same_classes(shards, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    make_shards(other, n_train=32, n_val=12, classes=8, shard_size=12, seed=9)  # same wnids, other images
+    run = tmp_path / "run"
+    _train(shards, run, epochs=1)
+    with pytest.raises(ValueError, match="other shards"):
+        _train(str(other), run, epochs=2, resume=True)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, shards, out, result_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import copy
+
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    cfg = TrainConfig(shards=shards, out=out, epochs=2, max_steps=3, **SMALL)  # 2 batches per rank-epoch
+    t = Trainer(cfg, progress=False)
+    # Gradient averaging: a plain copy's local gradient, averaged by hand, equals DDP's.
+    x = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(rank)) * 50
+    y = torch.tensor([rank, 1, 2, 3])
+    t.model.eval()
+    local = copy.deepcopy(t.model)
+    F.cross_entropy(local(x), y).backward()
+    F.cross_entropy(t.net(x), y).backward()
+    for (name, p), q in zip(t.model.named_parameters(), local.parameters()):
+        g = q.grad.clone()
+        dist.all_reduce(g)
+        torch.testing.assert_close(p.grad, g / world, rtol=1e-4, atol=1e-6, msg=name)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.model.train()
+    t.fit()
+    torch.save({k: v for k, v in t.model.state_dict().items()}, os.path.join(result_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_data_parallel_two_cpu_processes(shards, tmp_path):
+    """Two gloo processes: gradients are averaged and the replicas stay identical."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), shards, str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert load_checkpoint(tmp_path / "run")["step"] == 3

@@ -1,0 +1,42 @@
+"""The one training step of Section 5, and the model and optimiser it runs, built from a
+`TrainConfig` (docs/DESIGN.md, "Trainer"). The trainer runs it; `alexnet profile` times it."""
+import torch
+import torch.nn.functional as F
+
+from train.config import TrainConfig
+from train.evaluate import autocast_for
+from train.model import AlexNet
+from train.optim import PaperSGD, param_groups
+
+
+def memory_format_for(cfg: TrainConfig, device) -> torch.memory_format:
+    """channels-last on CUDA when the run asks for it (cuDNN's fast layout), contiguous otherwise."""
+    cuda = torch.device(device).type == "cuda"
+    return torch.channels_last if (cuda and cfg.channels_last) else torch.contiguous_format
+
+
+def build_model(cfg: TrainConfig, num_classes: int, devices=None, rank: int = 0) -> AlexNet:
+    """The run's AlexNet: the same initial weights on every replica (seeded by cfg.seed), then the
+    torch RNG reseeded per rank so that dropout masks differ between replicas."""
+    torch.manual_seed(cfg.seed)
+    model = AlexNet(num_classes, devices=devices, width=cfg.width, init=cfg.init, input_norm=cfg.input_norm)
+    torch.manual_seed(cfg.seed + 1000 * rank + 1)
+    first = devices[0] if devices else "cpu"
+    return model.to(memory_format=memory_format_for(cfg, first))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> PaperSGD:
+    """Section 5's SGD: momentum, weight decay on the weights only, the run's initial rate."""
+    return PaperSGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+
+
+def train_step(net, optimizer, images, labels, device, amp: bool) -> torch.Tensor:
+    """Forward (bf16 autocast on CUDA when `amp`), cross-entropy in float32, backward, update.
+    Returns the loss as a device tensor: reading it would synchronise, so callers batch reads."""
+    with autocast_for(device, amp):
+        logits = net(images)
+        loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
