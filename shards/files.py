@@ -1,5 +1,8 @@
-"""Writing a file so that a reader sees the old content or the new one, never half of either
-(docs/DESIGN.md, "Atomic writes"): every stage writes through `atomic_write`."""
+"""Files every stage writes the same way (docs/DESIGN.md, "Atomic writes"): `atomic_write`, so a
+reader sees the old content or the new one, never half of either; `exclusive`, one writer per
+folder."""
+import contextlib
+import fcntl
 import json
 import os
 
@@ -31,3 +34,38 @@ def atomic_write_json(path, obj, indent=1) -> str:
         f.write("\n")
 
     return atomic_write(path, write, mode="w")
+
+
+LOCK = ".lock"
+
+
+class Busy(OSError):
+    """Another process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def exclusive(folder, what: str):
+    """Hold `folder/.lock` while the block runs, so that a second process writing the same folder
+    (a second `alexnet preprocess` into one OUT, a second `alexnet train` on one run directory)
+    stops at once instead of both writing the same files. `what` names the holder in the message
+    (e.g. "alexnet train"). The lock is the kernel's (flock): a process killed with -9 leaves no
+    stale lock, only the file. Raises Busy (naming the holder's pid) or OSError (unwritable)."""
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise Busy(f"{folder} is in use by another {what} (pid {holder}); wait for it to finish or choose "
+                       "another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.remove(path)  # before the unlock: a later run makes a new one
+    finally:
+        os.close(fd)

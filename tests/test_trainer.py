@@ -175,3 +175,19 @@ def test_data_parallel_two_cpu_processes(shards, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert load_checkpoint(tmp_path / "run")["step"] == 3
+
+
+def test_one_run_per_run_directory(shards, tmp_path):
+    """A second trainer on a run directory in use stops at once, naming the holder; the lock goes
+    with the first (close, or a failed start)."""
+    from shards.files import Busy
+
+    cfg = TrainConfig(shards=shards, out=str(tmp_path / "run"), epochs=1, **SMALL)
+    first = Trainer(cfg, progress=False)
+    with pytest.raises(Busy, match=f"in use by another alexnet train \\(pid {os.getpid()}\\)"):
+        Trainer(cfg, progress=False)
+    first.close()
+    assert not (tmp_path / "run" / ".lock").exists()
+    with pytest.raises(ValueError):  # a start that fails releases the directory too
+        Trainer(TrainConfig(shards=shards, out=str(tmp_path / "run"), **{**SMALL, "device": "gpu"}), progress=False)
+    Trainer(cfg, progress=False).close()

@@ -18,10 +18,14 @@ def tiny_shards(d):
 
 
 def train_run(shards, out, **kw):
-    """A fitted Trainer on one torch thread with SMALL's settings, overridden by kw."""
+    """A fitted (and closed) Trainer on one torch thread with SMALL's settings, overridden by kw."""
     torch.set_num_threads(1)
     cfg = TrainConfig(shards=shards, out=str(out), **{**SMALL, **kw})
-    return Trainer(cfg, progress=False).fit()
+    t = Trainer(cfg, progress=False)
+    try:
+        return t.fit()
+    finally:
+        t.close()
 
 
 def metric_rows(run):

@@ -17,11 +17,29 @@ import torch
 from shards.files import atomic_write
 
 
+class CheckpointNotWritten(OSError):
+    """A checkpoint could not be written (a full disk, a folder gone read-only); `last.pt` still
+    points at the previous one."""
+
+
 def save_checkpoint(run_dir, state: dict) -> str:
-    """Write `checkpoint-<step>.pt` atomically and point `last.pt` at it; returns the path."""
+    """Write `checkpoint-<step>.pt` atomically and point `last.pt` at it; returns the path.
+    CheckpointNotWritten (one line) when the file system refuses it."""
     path = os.path.join(run_dir, f"checkpoint-{state['step']:08d}.pt")
-    atomic_write(path, lambda f: torch.save(state, f))
-    point(run_dir, path, "last.pt")
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+        point(run_dir, path, "last.pt")
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as "unexpected pos ..."
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        try:
+            free = shutil.disk_usage(run_dir).free
+        except OSError:
+            free = None
+        if free is not None and free < 64 << 20:
+            reason = f"the disk is full ({free >> 20} MiB free)"
+        last = os.path.join(run_dir, "last.pt")
+        kept = f"{last} still holds the previous checkpoint" if os.path.exists(last) else "no checkpoint was kept"
+        raise CheckpointNotWritten(f"{path}: not written: {reason}; {kept} (free space, then --resume)") from None
     return path
 
 
@@ -57,15 +75,21 @@ def load_checkpoint(path, map_location="cpu", mmap=False) -> dict:
 
 
 def model_from_checkpoint(path, devices=None):
-    """(AlexNet with the checkpoint's weights, in eval mode, the checkpoint dict)."""
+    """(AlexNet with the checkpoint's weights, in eval mode, the checkpoint dict). ValueError, one
+    line, when its settings or weights are not those of an AlexNet this code builds (an edited
+    or foreign file)."""
     from train.model import AlexNet
 
     state = load_checkpoint(path)
     cfg = state["model_config"]
-    # checkpoints from before input_norm was recorded were all trained on the paper's input
-    model = AlexNet(num_classes=cfg["num_classes"], devices=devices, width=cfg["width"], init=cfg["init"],
-                    input_norm=cfg.get("input_norm", "image"))
-    model.load_state_dict(state["model"])
+    try:
+        # checkpoints from before input_norm was recorded were all trained on the paper's input
+        model = AlexNet(num_classes=int(cfg["num_classes"]), devices=devices, width=float(cfg["width"]),
+                        init=cfg["init"], input_norm=cfg.get("input_norm", "image"))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: its weights do not fit its model settings {cfg} ({detail[:200]})") from None
     return model.eval(), state
 
 

@@ -48,11 +48,13 @@ def _placement(device):
 
 def _library_errors(call, *args, **kwargs):
     """A library call whose bad-input errors (a missing DALI, bad sizes, a checkpoint that does not
-    fit) are one line and exit 2."""
+    fit, a run directory in use or not writable) are one line and exit 2."""
     try:
         return call(*args, **kwargs)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, ImportError) as e:
         raise UserError(str(e)) from None
+    except OSError as e:  # FileNotFoundError, PermissionError, shards.files.Busy, ...
+        raise UserError(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from None
 
 
 def _saved_settings(last, settings):
@@ -155,6 +157,7 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
         raise UserError(f"--resume: {last} does not exist (start without --resume)")
     if not resume and os.path.exists(last):
         raise UserError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
+    from train.checkpoint import CheckpointNotWritten
     from train.trainer import Trainer, TrainingDiverged
 
     settings.update(compile=compile_, num_threads=threads)
@@ -169,7 +172,7 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
                    f"run dir {out}", err=True)
     try:
         trainer.fit()
-    except TrainingDiverged as e:
+    except (TrainingDiverged, CheckpointNotWritten) as e:  # exit 1: what ran is kept
         raise click.ClickException(str(e)) from None
     finally:
         trainer.close()

@@ -24,13 +24,13 @@ import os
 
 import numpy as np
 
+from pipeline import CROP
 from train.plots import kernel_mosaic, plot_curves, plot_kernels, plot_neighbours, plot_predictions, read_metrics
 
 __all__ = ["make_figures", "nearest", "NeighbourSearch", "mean_crop", "to_display", "kernel_mosaic", "plot_curves",
            "plot_kernels", "read_metrics"]
 
 NEIGHBOURS_K = 6  # the paper's six training images per query
-CROP = 224
 
 
 def mean_crop(shards, manifest=None):

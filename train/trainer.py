@@ -6,6 +6,7 @@ Outputs go to the run directory: config.json, metrics.jsonl, checkpoint-<step>.p
 best.pt. `Trainer.fit` is the loop, top to bottom: epochs, batches, step, log, validate,
 checkpoint; the counters (step, epoch, batch_in_epoch) change only there.
 """
+import contextlib
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import time
 
 import torch
 
+from shards.files import exclusive
 from train.checkpoint import load_checkpoint, point, rng_state, save_checkpoint, set_rng_state, shards_fingerprint
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.evaluate import evaluate, from_counts
@@ -40,12 +42,24 @@ class Trainer:
     """One replica's run: the loaders, the model and its optimiser, the schedule, the counters."""
 
     def __init__(self, cfg: TrainConfig, progress=True, launch: Launch = None):
-        from shards import Manifest
-
         self.cfg = cfg
         self.launch = launch or Launch.from_env()
         self.rank, self.world, self.main = self.launch.rank, self.launch.world, self.launch.main
         self.progress = progress and self.main
+        self._held = contextlib.ExitStack()
+        self.train_loader = self.val_loader = None
+        if self.main:  # one run per run directory: a second one stops here (shards.files.Busy)
+            self._held.enter_context(exclusive(cfg.out, "alexnet train"))
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self):
+        from shards import Manifest
+
+        cfg = self.cfg
         self.devices, self.device = resolve_devices(cfg.device, cfg.devices, self.launch)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
@@ -66,7 +80,6 @@ class Trainer:
         self.batch_in_epoch = 0  # batches of `epoch` already trained (for mid-epoch resume)
         self.best_error = float("inf")  # the lowest validation top-1 error so far (best.pt)
         self._bar = None  # the epoch's progress bar (main rank)
-        os.makedirs(cfg.out, exist_ok=True)
         self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
         if cfg.resume:
             self._resume()
@@ -219,12 +232,14 @@ class Trainer:
         return r
 
     def close(self):
-        """Release the loaders' prepared pipelines and leave the process group (torchrun)."""
+        """Release the loaders' prepared pipelines, leave the process group (torchrun) and
+        release the run directory."""
         for loader in (self.train_loader, self.val_loader):
             if loader is not None:
                 loader.close()
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        self._held.close()
 
     # --- checkpoints ---------------------------------------------------------------------
     def _state(self):

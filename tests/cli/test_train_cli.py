@@ -143,3 +143,51 @@ def test_section_5_settings_reach_the_run(shards, tmp_path):
     for bad in ("30,20", "x", "0"):
         r = CliRunner().invoke(cli, ["train", shards, "--out", str(tmp_path / "bad"), "--lr-steps", bad])
         assert r.exit_code == 2 and "--lr-steps" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line(shards, tmp_path, monkeypatch):
+    """A full disk during a checkpoint (torch.save says "unexpected pos"): one line, exit 1, the
+    previous last.pt kept, no temporary file left."""
+    import torch
+
+    run = tmp_path / "run"
+    base = ["train", shards, "--out", str(run), "--device", "cpu"]
+    r = CliRunner().invoke(cli, [*base, "--width", "0.125", "--init", "kaiming", "--batch-size", "8", "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/12: file write failed\nunexpected pos 1024 vs 2048")
+
+    monkeypatch.setattr(torch, "save", full)
+    r = CliRunner().invoke(cli, [*base, "--resume", "--epochs", "2"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and "checkpoint-00000008.pt: not written" in lines[-1], r.output
+    assert "last.pt still holds the previous checkpoint" in lines[-1] and "Traceback" not in r.output
+    assert load_checkpoint(run)["step"] == 4
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+
+
+def test_eval_of_an_edited_checkpoint_is_one_line(shards, tmp_path):
+    """Settings that do not match the weights, weights of another shape, no weights: exit 2."""
+    import torch
+
+    run = tmp_path / "run"
+    _train(shards, run, epochs=1)
+    state = load_checkpoint(run / "last.pt")
+    edits = {
+        "width": lambda s: s["model_config"].update(width=0.25),
+        "shape": lambda s: s["model"].update({"fc8.weight": torch.zeros(3, 3)}),
+        "init": lambda s: s["model_config"].update(init=None),
+        "nothing": lambda s: s.update(model={}),
+    }
+    for name, edit in edits.items():
+        s = load_checkpoint(run / "last.pt")
+        edit(s)
+        torch.save(s, tmp_path / f"{name}.pt")
+        r = CliRunner().invoke(cli, ["eval", shards, str(tmp_path / f"{name}.pt"), "--device", "cpu"])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (name, r.output)
+        assert f"{name}.pt" in r.output and "Traceback" not in r.output, (name, r.output)
+    assert state["step"] == 4
