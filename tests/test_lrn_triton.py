@@ -31,7 +31,7 @@ lrn_triton = LT.lrn_triton
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
-gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+gpu = pytest.mark.gpu  # skipped without a GPU by tests/conftest.py
 
 PAPER = (5, 1e-4, 0.75, 2.0)                 # size, alpha, beta, k (Section 3.3)
 ODD = [(3, 2e-2, 0.6, 1.5), (4, 1e-2, 0.9, 0.5), (1, 5e-2, 0.75, 1.0), (7, 3e-3, 1.2, 2.5)]

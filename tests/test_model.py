@@ -7,6 +7,7 @@ from torch import nn
 
 from train.model import AlexNet, PaperDropout, count_parameters, input_norm_for
 from train.optim import PaperSGD, param_groups
+from train.response_norm import LRN
 
 # Parameters from the paper's layer shapes (Section 3.5, Figure 2), weights + biases, at width 1.
 # The columns' halves add up to these whole-layer counts.
@@ -78,7 +79,8 @@ def test_output_shapes_and_features():
     assert torch.equal(logits, logits2)
     assert features.shape == (2, 2 * 256)          # fc7: 4096 * 0.125, both columns
     assert (features >= 0).all()                   # after ReLU
-    assert model.config == dict(num_classes=10, width=0.125, init="caffe", input_norm="image")
+    assert model.config == dict(num_classes=10, width=0.125, init="caffe", input_norm="image", columns=2, lrn=True,
+                                pool="overlapping")
 
 
 @pytest.mark.parametrize("width", [0.5, 0.25, 0.125, 0.01])
@@ -285,7 +287,7 @@ def test_width_quarter_learns_a_tiny_task_with_kaiming_init(one_thread):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_gpu_placements_match_cpu():
     torch.manual_seed(0)
     reference = AlexNet(num_classes=6, width=0.25).eval()
@@ -300,3 +302,78 @@ def test_gpu_placements_match_cpu():
             y = model(x)
         assert y.device == torch.device(devices[0])
         torch.testing.assert_close(y.cpu(), expected, rtol=1e-3, atol=1e-3)
+
+
+# --- the Section 3 ablations ------------------------------------------------------------------
+def _layer_shapes(model):
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def test_one_column_net_is_section_3_2s_one_gpu_net():
+    """Half the kernels in conv1-conv4, conv5 and fc6/fc7 at full size (footnote 2), one column
+    whose conv3 sees only its own conv2; about the two-column net's parameter count."""
+    one, two = AlexNet(1000, columns=1), AlexNet(1000)
+    shapes = _layer_shapes(one)
+    assert shapes["columns.0.conv1.weight"] == (48, 3, 11, 11)
+    assert shapes["columns.0.conv2.weight"] == (128, 48, 5, 5)
+    assert shapes["columns.0.conv3.weight"] == (192, 128, 3, 3)
+    assert shapes["columns.0.conv4.weight"] == (192, 192, 3, 3)
+    assert shapes["columns.0.conv5.weight"] == (256, 192, 3, 3)
+    assert shapes["columns.0.fc6.weight"] == (4096, 256 * 6 * 6)
+    assert shapes["columns.0.fc7.weight"] == (4096, 4096)
+    assert shapes["fc8.weight"] == (1000, 4096) and len(one.columns) == 1
+    # counted from the shapes above, and the paper's "approximately the same number"
+    convs = [(48, 3, 11), (128, 48, 5), (192, 128, 3), (192, 192, 3), (256, 192, 3)]
+    expected = sum(o * i * k * k + o for o, i, k in convs) + 9216 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 1000 + 1000
+    assert count_parameters(one) == expected == 59_798_312
+    assert count_parameters(two) == 60_965_224 and abs(count_parameters(one) / count_parameters(two) - 1) < 0.02
+    with torch.no_grad():
+        logits, features = one.eval()(images(1), return_features=True)
+    assert logits.shape == (1, 1000) and features.shape == (1, 4096)
+    assert one.conv1_weight().shape == (48, 3, 11, 11)
+
+
+def test_no_lrn_and_traditional_pooling_keep_every_shape():
+    base = AlexNet(10, width=0.125, init="kaiming")
+    for kw, changed in (({"lrn": False}, "lrn"), ({"pool": "traditional"}, "pool")):
+        torch.manual_seed(0)
+        model = AlexNet(10, width=0.125, init="kaiming", **kw)
+        assert _layer_shapes(model) == _layer_shapes(base) and model.config[changed] == kw[changed]
+    no_lrn = AlexNet(10, width=0.125, lrn=False)
+    assert not any(isinstance(m, LRN) for m in no_lrn.modules())
+    pools = [m for m in AlexNet(10, width=0.125, pool="traditional").modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert pools and all((p.kernel_size, p.stride) == (2, 2) for p in pools)
+
+
+def test_traditional_pooling_is_max_over_adjacent_2x2_blocks():
+    """z = s = 2 against a direct loop: the maximum of each non-overlapping 2x2 block."""
+    model = AlexNet(10, width=0.125, pool="traditional")
+    x = torch.randn(1, 3, 9, 9)
+    got = model.columns[0].pool(x)
+    want = torch.empty(1, 3, 4, 4)
+    for i in range(4):
+        for j in range(4):
+            want[..., i, j] = x[..., 2 * i:2 * i + 2, 2 * j:2 * j + 2].amax(dim=(-1, -2))
+    assert torch.equal(got, want)
+
+
+def test_ablation_settings_round_trip_through_a_checkpoint(tmp_path):
+    from train.checkpoint import model_from_checkpoint, save_checkpoint
+
+    for kw in ({"columns": 1}, {"lrn": False}, {"pool": "traditional"}):
+        model = AlexNet(4, width=0.125, init="kaiming", **kw)
+        run = tmp_path / "-".join(map(str, kw.values()))
+        run.mkdir()
+        path = save_checkpoint(str(run), {"model": model.state_dict(), "model_config": model.config, "step": 1})
+        back, _ = model_from_checkpoint(path)
+        assert back.config == model.config
+        x = images(2)
+        with torch.no_grad():
+            assert torch.equal(back(x), model.eval()(x))
+
+
+def test_bad_ablation_values_name_the_option():
+    with pytest.raises(ValueError, match="columns=3"):
+        AlexNet(10, columns=3)
+    with pytest.raises(ValueError, match="pool='max'"):
+        AlexNet(10, pool="max")

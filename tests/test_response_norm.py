@@ -123,7 +123,7 @@ def test_rejects_bad_input():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_cuda_matches_cpu():
     x = relu_maps((4, 48, 27, 27), seed=6).requires_grad_()
     xc = x.detach().cuda().requires_grad_()

@@ -45,7 +45,8 @@ def test_run_directory(shards, tmp_path):
     assert os.path.samefile(tmp_path / "run" / "best.pt", tmp_path / "run" / f"checkpoint-{4 * best_epoch:08d}.pt")
     assert load_checkpoint(tmp_path / "run" / "best.pt")["best_top1_error"] == min(errors)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["model_config"] == {"num_classes": 8, "width": 0.125, "init": "kaiming", "input_norm": "channel"}
+    assert state["model_config"] == {"num_classes": 8, "width": 0.125, "init": "kaiming", "input_norm": "channel",
+                                     "columns": 2, "lrn": True, "pool": "overlapping"}
     assert cfg["input_norm"] == "channel"  # resolved from the init, recorded as it ran
     assert state["step"] == 8 and state["epoch"] == 2
 

@@ -74,6 +74,14 @@ def load_checkpoint(path, map_location="cpu", mmap=False) -> dict:
     return state
 
 
+def model_settings(model_config: dict) -> dict:
+    """AlexNet's keyword arguments from a checkpoint's `model_config`, with the values that older
+    checkpoints (before a setting was recorded) were all trained with."""
+    old = {"input_norm": "image", "columns": 2, "lrn": True, "pool": "overlapping"}
+    return {"num_classes": int(model_config["num_classes"]), "width": float(model_config["width"]),
+            "init": model_config["init"], **{k: model_config.get(k, v) for k, v in old.items()}}
+
+
 def model_from_checkpoint(path, devices=None):
     """(AlexNet with the checkpoint's weights, in eval mode, the checkpoint dict). ValueError, one
     line, when its settings or weights are not those of an AlexNet this code builds (an edited
@@ -83,9 +91,7 @@ def model_from_checkpoint(path, devices=None):
     state = load_checkpoint(path)
     cfg = state["model_config"]
     try:
-        # checkpoints from before input_norm was recorded were all trained on the paper's input
-        model = AlexNet(num_classes=int(cfg["num_classes"]), devices=devices, width=float(cfg["width"]),
-                        init=cfg["init"], input_norm=cfg.get("input_norm", "image"))
+        model = AlexNet(devices=devices, **model_settings(cfg))
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -8,7 +8,7 @@ from dataclasses import MISSING, fields
 import click
 
 from shards.errors import UserError
-from train.config import INITS, INPUT_NORMS, SCHEDULES, TrainConfig, input_norm_for
+from train.config import COLUMNS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig, input_norm_for
 from train.launch import DEVICE_CHOICES
 
 # TrainConfig is the only source of defaults: every option of a TrainConfig field takes it from here
@@ -117,6 +117,11 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @_opt("--input-norm", field="input_norm", type=click.Choice(INPUT_NORMS),
       help="Model input: 'image' (0-255 minus the mean image, the paper's) or 'channel' "
            "((x/255-mean)/std). Default: 'channel' for --init kaiming, else 'image'.")
+@_opt("--columns", field="columns", type=click.IntRange(min(COLUMNS), max(COLUMNS)),
+      help="2: Figure 2's two-column net; 1: Section 3.2's one-GPU net (its ablation).")
+@_opt("--lrn/--no-lrn", field="lrn", help="Section 3.3's local response normalisation (--no-lrn: its ablation).")
+@_opt("--pool", field="pool", type=click.Choice(POOLS),
+      help="Section 3.4: 'overlapping' (z=3, s=2) or 'traditional' (z=s=2, its ablation).")
 @_opt("--amp/--no-amp", field="amp", help="bf16 autocast on CUDA.")
 @_opt("--channels-last/--no-channels-last", field="channels_last", help="channels-last tensors on CUDA.")
 @_opt("--compile/--no-compile", "compile_", field="compile", help="torch.compile the model.")
@@ -166,10 +171,14 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
     cfg = TrainConfig(shards=shards, out=out, resume=resume, apply_changes=apply_changes, **settings)
     trainer = _library_errors(Trainer, cfg)  # settings, shards, a missing DALI
     if trainer.main:
+        from train.model import count_parameters
+
         where = ", ".join(trainer.devices) if trainer.devices else "cpu"
-        click.echo(f"train: width {cfg.width}, init {cfg.init}, input {cfg.input_norm}, batch {cfg.batch_size} x "
-                   f"{trainer.world} replica(s) on {where}; {len(trainer.train_loader)} batches/epoch; "
-                   f"run dir {out}", err=True)
+        net = "" if (cfg.columns, cfg.lrn, cfg.pool) == (2, True, "overlapping") else \
+            f" ({cfg.columns} column(s), {'LRN' if cfg.lrn else 'no LRN'}, {cfg.pool} pooling)"
+        click.echo(f"train: AlexNet{net} of {count_parameters(trainer.model):,} parameters, width {cfg.width}, "
+                   f"init {cfg.init}, input {cfg.input_norm}, batch {cfg.batch_size} x {trainer.world} replica(s) "
+                   f"on {where}; {len(trainer.train_loader)} batches/epoch; run dir {out}", err=True)
     try:
         trainer.fit()
     except (TrainingDiverged, CheckpointNotWritten) as e:  # exit 1: what ran is kept

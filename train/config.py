@@ -16,6 +16,11 @@ INITS = ("caffe", "paper", "kaiming")
 # 0-255 values minus the mean image (Section 2); "channel" is (x/255 - mu)/sigma per channel,
 # unit scale, which Kaiming's derivation assumes.
 INPUT_NORMS = ("image", "channel")
+# Architecture switches for the paper's ablations (train.model.AlexNet): 2 columns is Figure 2,
+# 1 the one-GPU net of Section 3.2; "overlapping" pooling (z=3, s=2) is Section 3.4's, and
+# "traditional" z = s = 2.
+COLUMNS = (2, 1)
+POOLS = ("overlapping", "traditional")
 # Learning-rate schedules (train.schedule): Section 5's "divide by 10 when the validation error
 # stopped improving", or fixed epochs (lr_steps).
 SCHEDULES = ("plateau", "step")
@@ -51,6 +56,9 @@ class TrainConfig:
     width: float = 1.0  # channel multiplier (1.0 = the paper's net)
     init: str = "caffe"  # caffe (full size) | paper (Section 5 literally) | kaiming (small runs)
     input_norm: Optional[str] = None  # image | channel; None: the init's (input_norm_for)
+    columns: int = 2  # 2: Figure 2's net; 1: Section 3.2's one-GPU net
+    lrn: bool = True  # Section 3.3's response normalisation (False: its ablation)
+    pool: str = "overlapping"  # Section 3.4: overlapping (z=3, s=2) | traditional (z=s=2)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model

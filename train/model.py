@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from train.config import INITS, INPUT_NORMS, input_norm_for
+from train.config import COLUMNS, INITS, INPUT_NORMS, POOLS, input_norm_for
 from train.response_norm import LRN
 
-__all__ = ["AlexNet", "Column", "PaperDropout", "count_parameters", "input_norm_for"]
+__all__ = ["AlexNet", "Column", "PaperDropout", "column_sizes", "count_parameters", "input_norm_for"]
 
 # Channels of the whole network at width 1 (both columns together), Section 3.5.
 CONV_CHANNELS = (96, 256, 384, 384, 256)
@@ -59,24 +59,28 @@ class PaperDropout(nn.Module):
 
 
 class Column(nn.Module):
-    """One column of Figure 2. ``conv3``, ``fc6`` and ``fc7`` take both columns' inputs."""
+    """One column of Figure 2: `channels` (conv1..conv5) and `hidden` (fc6, fc7) are this
+    column's; `columns` is how many there are, since conv3, fc6 and fc7 take every column's
+    maps. `lrn` and `pool` are the Section 3.3 and 3.4 choices (see AlexNet)."""
 
-    def __init__(self, width: float = 1.0):
+    def __init__(self, channels, hidden, columns=2, lrn=True, pool="overlapping"):
         super().__init__()
-        c1, c2, c3, c4, c5 = (_per_column(c, width) for c in CONV_CHANNELS)
-        hidden = _per_column(FC_HIDDEN, width)
+        c1, c2, c3, c4, c5 = channels
         # Padding 2 gives the paper's 55x55 conv1 maps from a 224x224 input:
         # floor((224 + 2*2 - 11) / 4) + 1 = floor(54.25) + 1 = 55 (unpadded, 227 would do too).
         self.conv1 = nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2)
-        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5, padding=2)         # own column only
-        self.conv3 = nn.Conv2d(2 * c2, c3, kernel_size=3, padding=1)     # both columns' conv2
-        self.conv4 = nn.Conv2d(c3, c4, kernel_size=3, padding=1)         # own column only
-        self.conv5 = nn.Conv2d(c4, c5, kernel_size=3, padding=1)         # own column only
-        self.fc6 = nn.Linear(2 * c5 * POOLED_SIZE ** 2, hidden)          # both columns' pool5
-        self.fc7 = nn.Linear(2 * hidden, hidden)                         # both columns' fc6
-        self.lrn = LRN(size=5, alpha=1e-4, beta=0.75, k=2.0)             # Section 3.3
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2)                # overlapping, Section 3.4
-        self.dropout = PaperDropout(0.5)                                 # Section 4.2
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=5, padding=2)               # own column only
+        self.conv3 = nn.Conv2d(columns * c2, c3, kernel_size=3, padding=1)     # every column's conv2
+        self.conv4 = nn.Conv2d(c3, c4, kernel_size=3, padding=1)               # own column only
+        self.conv5 = nn.Conv2d(c4, c5, kernel_size=3, padding=1)               # own column only
+        self.fc6 = nn.Linear(columns * c5 * POOLED_SIZE ** 2, hidden)          # every column's pool5
+        self.fc7 = nn.Linear(columns * hidden, hidden)                         # every column's fc6
+        # Section 3.3, or nothing for its ablation
+        self.lrn = LRN(size=5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
+        # Section 3.4: z = 3, s = 2 overlaps; z = s = 2 is "traditional local pooling". Both
+        # give 55 -> 27 -> 13 -> 6, so the rest of the net is the same.
+        self.pool = nn.MaxPool2d(kernel_size=3 if pool == "overlapping" else 2, stride=2)
+        self.dropout = PaperDropout(0.5)                                       # Section 4.2
 
     def features1(self, x):
         """conv1 -> ReLU -> LRN -> pool -> conv2 -> ReLU -> LRN -> pool, within the column."""
@@ -84,7 +88,7 @@ class Column(nn.Module):
         return self.pool(self.lrn(torch.relu(self.conv2(x))))
 
     def features2(self, both):
-        """conv3 (on both columns' maps) -> conv4 -> conv5 -> pool, flattened."""
+        """conv3 (on every column's maps) -> conv4 -> conv5 -> pool, flattened."""
         x = torch.relu(self.conv3(both))
         x = torch.relu(self.conv4(x))
         x = self.pool(torch.relu(self.conv5(x)))
@@ -99,8 +103,20 @@ class Column(nn.Module):
         return h, self.dropout(h)
 
 
+def column_sizes(width: float, columns: int):
+    """(conv1..conv5 channels, fc6/fc7 units) of each column. Two columns split every layer in
+    half (Section 3.2). The one-GPU net of Section 3.2 has "half as many kernels in each
+    convolutional layer", except the last, and full-size fully-connected layers (its footnote 2:
+    so that both nets have about the same number of parameters)."""
+    if columns == 2:
+        return tuple(_per_column(c, width) for c in CONV_CHANNELS), _per_column(FC_HIDDEN, width)
+    convs = tuple(_per_column(c, width) for c in CONV_CHANNELS[:4]) + (max(1, round(CONV_CHANNELS[4] * width)),)
+    return convs, max(1, round(FC_HIDDEN * width))
+
+
 class AlexNet(nn.Module):
-    """The paper's network (Figure 2): ``AlexNet(num_classes, devices, width, init, input_norm)``.
+    """The paper's network (Figure 2): ``AlexNet(num_classes, devices, width, init, input_norm,
+    columns, lrn, pool)``.
 
     Args:
         num_classes: outputs of fc8 (1000 for ImageNet).
@@ -117,10 +133,15 @@ class AlexNet(nn.Module):
             or "channel" (unit scale); None picks :func:`input_norm_for` the init. The model
             does not apply it: it is recorded in ``config`` (and so in every checkpoint) for the
             loaders of training, validation, ``eval``, ``figures`` and ``profile``.
+        columns: 2 (the paper's net) or 1 (Section 3.2's one-GPU net, see :func:`column_sizes`;
+            it lives on ``devices[0]``).
+        lrn: False drops the response normalisation (the Section 3.3 ablation).
+        pool: "overlapping" (z = 3, s = 2, the paper's) or "traditional" (z = s = 2, Section 3.4).
     """
 
     def __init__(self, num_classes: int = 1000, devices=None, width: float = 1.0,
-                 init: str = "caffe", input_norm: str | None = None):
+                 init: str = "caffe", input_norm: str | None = None, columns: int = 2, lrn: bool = True,
+                 pool: str = "overlapping"):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
@@ -129,24 +150,43 @@ class AlexNet(nn.Module):
         input_norm = input_norm or input_norm_for(init)
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm={input_norm!r} is not one of {', '.join(INPUT_NORMS)}")
-        self.config = dict(num_classes=num_classes, width=width, init=init, input_norm=input_norm)
-        self.columns = nn.ModuleList([Column(width), Column(width)])
-        self.fc8 = nn.Linear(2 * _per_column(FC_HIDDEN, width), num_classes)
+        if columns not in COLUMNS:
+            raise ValueError(f"columns={columns!r} is not one of {COLUMNS}")
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r} is not one of {', '.join(POOLS)}")
+        self.config = dict(num_classes=num_classes, width=width, init=init, input_norm=input_norm,
+                           columns=columns, lrn=bool(lrn), pool=pool)
+        channels, hidden = column_sizes(width, columns)
+        self.columns = nn.ModuleList([Column(channels, hidden, columns, lrn, pool) for _ in range(columns)])
+        self.fc8 = nn.Linear(columns * hidden, num_classes)
         _init_weights(self, init)
         d0, d1 = _placement(devices)
-        self.columns[0].to(d0)
-        self.columns[1].to(d1)
+        for column, d in zip(self.columns, (d0, d1)):
+            column.to(d)
         self.fc8.to(d0)
 
     @property
-    def devices(self) -> tuple[torch.device, torch.device]:
-        """Where the two columns are now (so ``model.to(...)`` afterwards is respected)."""
+    def devices(self) -> tuple[torch.device, ...]:
+        """Where the columns are now (so ``model.to(...)`` afterwards is respected)."""
         return tuple(c.conv1.weight.device for c in self.columns)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """Logits (N x num_classes, on devices[0]); with ``return_features``, also the fc7
         activity (N x 4096 at width 1, after ReLU, before dropout), the paper's last hidden layer
         used for its nearest-neighbour figure (Section 6.1)."""
+        if len(self.columns) == 1:
+            logits, features = self._one_column(x)
+        else:
+            logits, features = self._two_columns(x)
+        return (logits, features) if return_features else logits
+
+    def _one_column(self, x):
+        col = self.columns[0]
+        a = col.features2(col.features1(x.to(self.devices[0], non_blocking=True)))
+        f, a = col.hidden7(col.hidden6(a))
+        return self.fc8(a), f
+
+    def _two_columns(self, x):
         d0, d1 = self.devices
         col0, col1 = self.columns
         a0 = col0.features1(x.to(d0, non_blocking=True))
@@ -155,15 +195,13 @@ class AlexNet(nn.Module):
         a0, a1 = _exchange(col0.hidden6, col1.hidden6, a0, a1, d0, d1)       # fc6 sees both
         (f0, a0), (f1, a1) = _exchange(col0.hidden7, col1.hidden7, a0, a1, d0, d1)
         logits = self.fc8(torch.cat([a0, a1.to(d0, non_blocking=True)], 1))
-        if return_features:
-            return logits, torch.cat([f0, f1.to(d0, non_blocking=True)], 1)
-        return logits
+        return logits, torch.cat([f0, f1.to(d0, non_blocking=True)], 1)
 
     def conv1_weight(self) -> torch.Tensor:
-        """The 96 conv1 kernels (96 x 3 x 11 x 11 at width 1): column 1's, then column 2's
-        (Figure 3's top and bottom halves), on devices[0]."""
-        w0, w1 = (c.conv1.weight.detach() for c in self.columns)
-        return torch.cat([w0, w1.to(w0.device)], 0)
+        """The conv1 kernels (96 x 3 x 11 x 11 at width 1): column 1's, then column 2's (Figure
+        3's top and bottom halves), on devices[0]."""
+        w = [c.conv1.weight.detach() for c in self.columns]
+        return torch.cat([v.to(w[0].device) for v in w], 0)
 
 
 def _exchange(f0, f1, a0, a1, d0, d1):

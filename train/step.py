@@ -19,7 +19,8 @@ def build_model(cfg: TrainConfig, num_classes: int, devices=None, rank: int = 0)
     """The run's AlexNet: the same initial weights on every replica (seeded by cfg.seed), then the
     torch RNG reseeded per rank so that dropout masks differ between replicas."""
     torch.manual_seed(cfg.seed)
-    model = AlexNet(num_classes, devices=devices, width=cfg.width, init=cfg.init, input_norm=cfg.input_norm)
+    model = AlexNet(num_classes, devices=devices, width=cfg.width, init=cfg.init, input_norm=cfg.input_norm,
+                    columns=cfg.columns, lrn=cfg.lrn, pool=cfg.pool)
     torch.manual_seed(cfg.seed + 1000 * rank + 1)
     first = devices[0] if devices else "cpu"
     return model.to(memory_format=memory_format_for(cfg, first))

@@ -15,7 +15,7 @@ import time
 import torch
 
 from shards.files import exclusive
-from train.checkpoint import load_checkpoint, point, rng_state, save_checkpoint, set_rng_state, shards_fingerprint
+from train.checkpoint import load_checkpoint, model_settings, point, rng_state, save_checkpoint, set_rng_state, shards_fingerprint
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.evaluate import evaluate, from_counts
 from train.launch import Launch, resolve_devices
@@ -293,9 +293,8 @@ class Trainer:
     def _check_resumable(self, path, state) -> dict:
         """ValueError when `state` cannot continue as this run; the changes --apply-changes allows."""
         cfg, wnids = self.cfg, [c.wnid for c in self.manifest.classes]
-        mc = state["model_config"]
-        if ((mc["width"], mc["init"], mc.get("input_norm", "image"), mc["num_classes"])
-                != (cfg.width, cfg.init, cfg.input_norm, self.manifest.num_classes)):
+        mc = model_settings(state["model_config"])
+        if mc != model_settings(self.model.config):
             raise ValueError(f"--resume: {path} was trained with other model settings {mc}")
         was = state.get("train_config", {})
         if was.get("batch_size", cfg.batch_size) != cfg.batch_size or state.get("world_size", 1) != self.world:

@@ -191,3 +191,24 @@ def test_eval_of_an_edited_checkpoint_is_one_line(shards, tmp_path):
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (name, r.output)
         assert f"{name}.pt" in r.output and "Traceback" not in r.output, (name, r.output)
     assert state["step"] == 4
+
+
+@pytest.mark.parametrize("args, net", [([], "AlexNet of"), (["--columns", "1"], "AlexNet (1 column(s), LRN, overlapping"),
+                                       (["--no-lrn"], "no LRN"), (["--pool", "traditional"], "traditional pooling")])
+def test_train_prints_the_variant_and_its_parameter_count(shards, tmp_path, args, net):
+    """Each Section 3 ablation trains, says its parameter count at start, and is recorded in the
+    checkpoint so that eval rebuilds the same net."""
+    from train.checkpoint import model_from_checkpoint
+    from train.model import AlexNet, count_parameters
+
+    run = str(tmp_path / "run")
+    r = CliRunner().invoke(cli, ["train", shards, "--out", run, "--width", "0.125", "--init", "kaiming",
+                                 "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--max-steps", "1", *args])
+    assert r.exit_code == 0, r.output
+    model, state = model_from_checkpoint(os.path.join(run, "last.pt"))
+    kw = {k: state["model_config"][k] for k in ("columns", "lrn", "pool")}
+    expected = count_parameters(AlexNet(8, width=0.125, init="kaiming", **kw))
+    assert net in r.output and f"of {expected:,} parameters" in r.output, r.output
+    assert count_parameters(model) == expected
+    r = CliRunner().invoke(cli, ["eval", shards, os.path.join(run, "last.pt"), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
