@@ -113,7 +113,7 @@ def best_checkpoint(run):
 
 def evaluate(paths, steps, devices, epochs):
     from train.checkpoint import load_checkpoint
-    from train.evaluate import evaluate_checkpoint
+    from train.evaluate import evaluate_checkpoint, record_evaluation
 
     best = best_checkpoint(paths.run)
     epoch = load_checkpoint(best, mmap=True)["epoch"]
@@ -122,6 +122,7 @@ def evaluate(paths, steps, devices, epochs):
     results = {}
     for ten in (False, True):
         r = results[ten] = evaluate_checkpoint(paths.shards, best, ten_crop=ten, devices=devices, batch_size=64)
+        record_evaluation(best, paths.shards, r)  # for `alexnet report`
         steps.say(f"   {'ten-crop   ' if ten else 'centre crop'}: top-1 error {100 * r['top1_error']:.1f}%, "
                   f"top-5 error {100 * r['top5_error']:.1f}%")
     steps.done(t)

@@ -191,30 +191,38 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
 
 @click.command("eval")
 @click.argument("shards", type=click.Path(file_okay=False))
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over ten patches (Section 4.1).")
 @_opt("--device", field="device", type=click.Choice(DEVICE_CHOICES))
 @_opt("--batch-size", field="batch_size", type=click.IntRange(1))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
-def evaluate(shards, checkpoint, ten_crop, device, batch_size, as_json):
-    """Top-1 and top-5 error of CHECKPOINT on the validation split of SHARDS.
+def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
+    """Top-1 and top-5 error of CHECKPOINTS on the validation split of SHARDS.
+
+    Several checkpoints are an ensemble: their softmax outputs are averaged (Section 6, Table
+    2), over the ten views first with --ten-crop. A single checkpoint in a run directory also
+    gets its result appended to RUN/evaluations.jsonl (read by `alexnet report`).
 
     \b
     Examples:
       alexnet eval /data/shards runs/paper/best.pt
       alexnet eval /data/shards runs/paper/last.pt --ten-crop --json
+      alexnet eval /data/shards runs/seed*/best.pt --ten-crop     # an ensemble
     """
-    from train.evaluate import evaluate_checkpoint
+    from train.evaluate import evaluate_checkpoints, record_evaluation
 
     _check_shards(shards, "val")
     devices, _ = _placement(device)
-    r = _library_errors(evaluate_checkpoint, shards, checkpoint, ten_crop=ten_crop, devices=devices,
+    r = _library_errors(evaluate_checkpoints, shards, checkpoints, ten_crop=ten_crop, devices=devices,
                         batch_size=batch_size)
+    if len(checkpoints) == 1:
+        record_evaluation(checkpoints[0], shards, r)
     if as_json:
         click.echo(json.dumps(r))
     else:
         mode = "ten-crop" if ten_crop else "centre crop"
-        click.echo(f"eval ({mode}, {r['samples']} images, step {r['step']}): top-1 error {100 * r['top1_error']:.2f}%, "
+        what = f"step {r['step']}" if len(checkpoints) == 1 else f"ensemble of {len(checkpoints)}"
+        click.echo(f"eval ({mode}, {r['samples']} images, {what}): top-1 error {100 * r['top1_error']:.2f}%, "
                    f"top-5 error {100 * r['top5_error']:.2f}%")
 
 
