@@ -29,6 +29,7 @@ COMMANDS = {
     "eval": "train.cli:evaluate",
     "figures": "train.cli:figures",
     "profile": "train.cli:profile",
+    "report": "train.cli:report",
     "demo": "demo.cli:demo",
 }
 

@@ -1,18 +1,22 @@
-"""DALI input pipelines for AlexNet (docs/DESIGN.md, "Loader"), and the reference loader.
+"""The input pipelines of AlexNet (docs/DESIGN.md, "Loader"): the DALI loader and the reference loader.
 
 `build_loader` is the fast path (DALI, GPU or CPU); `build_reference_loader` is the stock
 webdataset + PIL + DataLoader peer used as the correctness oracle and benchmark baseline.
-Importing this package imports neither DALI nor torch: names resolve on first use.
+What both share lives once: the options and the epoch plan (`plan`), the random draws
+(`draws`), the manifest's normalisation (`normalise`); `graph` is the DALI graph, `dali_loader`
+and `reference` the two loaders. Importing this package imports neither DALI nor torch: names
+resolve on first use.
 """
 from shards.exports import lazy_exports
 
 _EXPORTS = {
-    "DALI_MISSING": "pipeline.dali",
-    "DALINotInstalled": "pipeline.dali",
-    "Draws": "pipeline.lighting",
-    "epoch_draws": "pipeline.lighting",
-    "lighting_offset": "pipeline.lighting",
-    "build_loader": "pipeline.loader",
+    "CROP": "pipeline.draws",
+    "DALI_MISSING": "pipeline.graph",
+    "DALINotInstalled": "pipeline.graph",
+    "Draws": "pipeline.draws",
+    "epoch_draws": "pipeline.draws",
+    "lighting_offset": "pipeline.draws",
+    "build_loader": "pipeline.dali_loader",
     "build_reference_loader": "pipeline.reference",
 }
 __all__ = sorted(_EXPORTS)

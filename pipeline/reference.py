@@ -1,16 +1,16 @@
 """The reference loader: stock `webdataset` + PIL + numpy + `torch.utils.data.DataLoader`.
 
 The correctness oracle in tests and the peer in benchmarks; never the fast path. It does the
-same work as the DALI loader (`pipeline.loader`), written directly from the formulas of
-DESIGN.md Contract 2 with numpy on the CPU, and yields float32 N×3×224×224 (N×10×3×224×224
+same work as the DALI loader (`pipeline.dali_loader`), written directly from the formulas of
+docs/DESIGN.md, "Loader" with numpy on the CPU, and yields float32 N×3×224×224 (N×10×3×224×224
 with ten_crop) CPU tensors and int64 labels.
 
-Sample order and draws: the rank's slice and epoch length come from the same `epoch_plan` as
-the DALI loader, and draw i (`pipeline.lighting.epoch_draws(seed, rank, epoch)`, or explicit
-`draws`) goes to the i-th image of the rank's stream. Without shuffling, and with at most one
-worker, the stream is the slice in shard order, exactly as DALI reads it, so both loaders
-produce the same images pixel for pixel (up to JPEG decoder rounding). Shuffled training uses
-a seeded buffer shuffle of its own (DALI's shuffle cannot be replayed): the same kind of
+Sample order and draws: the rank's slice, epoch length and shard order come from the same
+`pipeline.plan` as the DALI loader, and draw i (`pipeline.draws.epoch_draws(seed, rank, epoch)`,
+or explicit `draws`) goes to the i-th image of the rank's stream. Without shuffling, and with at
+most one worker, the stream is the slice in shard order, exactly as DALI reads it, so both
+loaders produce the same images pixel for pixel (up to JPEG decoder rounding). Shuffled training
+uses a seeded buffer shuffle of its own (DALI's shuffle cannot be replayed): the same kind of
 stream, not the same order.
 
 Workers: the epoch's batches are cut into `num_workers` contiguous runs, one per worker, and
@@ -30,20 +30,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.lighting import (CROP, TEN_CROP_VIEWS, Draws, Normalisation, epoch_draws, lighting_offset,
-                               load_normalisation)
-from pipeline.loader import LoaderOptions, epoch_plan, open_split, resolve_options, shard_order
+from pipeline.draws import CROP, TEN_CROP_VIEWS, Draws, epoch_draws
+from pipeline.normalise import Normalisation, load_normalisation
+from pipeline.plan import EpochLoader, LoaderOptions, open_split, resolve_options
 
 
 def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarray, norm: Normalisation,
               mean: str, ten_crop: bool) -> np.ndarray:
     """One decoded uint8 256×256×3 image → float32 3×224×224 (10×3×224×224 with ten_crop)."""
-    offset = lighting_offset(alpha, norm.eigval, norm.eigvec)  # [0,1] units, one RGB triple
+    offset = norm.offset(alpha)  # [0,1] units, one RGB triple
     views = TEN_CROP_VIEWS if ten_crop else ((x0, y0, mirror),)
     out = []
     for x, y, m in views:  # float32 throughout, as a practical CPU loader would compute
         crop = image[y:y + CROP, x:x + CROP].astype(np.float32)
-        if mean == "image":
+        if mean == "image":  # Section 2's mean image, cropped with the sample
             v = crop - norm.mean_image[y:y + CROP, x:x + CROP] + (255.0 * offset).astype(np.float32)
         else:
             v = (crop / np.float32(255) + (offset - norm.channel_mean / 255.0).astype(np.float32)) / (
@@ -55,6 +55,7 @@ def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarra
 
 
 def decode(jpeg: bytes) -> np.ndarray:
+    """A JPEG's pixels, uint8 H×W×3 RGB, through PIL."""
     from PIL import Image
 
     with Image.open(io.BytesIO(jpeg)) as im:
@@ -65,8 +66,8 @@ def decode(jpeg: bytes) -> np.ndarray:
 class _Epoch(IterableDataset):
     """One epoch of one rank; each DataLoader worker yields its run of whole batches."""
 
-    tars: list
-    counts: list  # samples per tar, in order
+    tars: list  # in the epoch's shard order
+    counts: list  # samples per tar, in the same order
     options: LoaderOptions
     norm: Normalisation
     epoch: int
@@ -96,23 +97,27 @@ class _Epoch(IterableDataset):
         while buf:
             yield buf.pop(int(rng.integers(len(buf))))
 
+    def _stream(self, plan, b0: int, b1: int, worker: int):
+        """The samples at stream positions [b0·B, b1·B) (batches [b0, b1) of the rank's epoch)."""
+        B = self.options.batch_size
+        p0, p1 = b0 * B, min(b1 * B, plan.samples)
+        if not self.options.shuffle:
+            return self._read(plan.start + p0, plan.start + p1)
+        # this worker's share of the slice, shuffled, cut to its positions
+        length = plan.stop - plan.start
+        a, b = plan.start + length * b0 // plan.batches, plan.start + length * b1 // plan.batches
+        return itertools.islice(self._shuffled(self._read(a, b), worker), p1 - p0)
+
     def __iter__(self):
         o, B = self.options, self.options.batch_size
-        plan = epoch_plan(sum(self.counts), B, o.rank, o.world_size, self.epoch, o.shuffle, o.drop_last)
+        plan = o.plan(sum(self.counts), self.epoch)
         info = get_worker_info()
         w, k = (info.id, info.num_workers) if info else (0, 1)
         b0, b1 = plan.batches * w // k, plan.batches * (w + 1) // k
-        p0, p1 = b0 * B, min(b1 * B, plan.samples)  # positions in the rank's stream
-        if p1 <= p0:
+        if min(b1 * B, plan.samples) <= b0 * B:
             return
-        if o.shuffle:  # this worker's share of the slice, shuffled, cut to its positions
-            length = plan.stop - plan.start
-            a, b = plan.start + length * b0 // plan.batches, plan.start + length * b1 // plan.batches
-            stream = itertools.islice(self._shuffled(self._read(a, b), w), p1 - p0)
-        else:
-            stream = self._read(plan.start + p0, plan.start + p1)
         batch, d = [], self.draws
-        for p, sample in enumerate(stream, start=p0):
+        for p, sample in enumerate(self._stream(plan, b0, b1, w), start=b0 * B):
             image = transform(decode(sample["jpg"]), int(d.x0[p]), int(d.y0[p]), int(d.mirror[p]), d.alpha[p],
                               self.norm, o.mean, o.ten_crop)
             batch.append((image, int(sample["cls"])))
@@ -129,30 +134,24 @@ class _Epoch(IterableDataset):
 
 
 @dataclass
-class ReferenceLoader:
+class ReferenceLoader(EpochLoader):
     """Iterable of (images, labels) CPU tensors, one epoch per iteration, like DaliLoader."""
 
     options: LoaderOptions
-    tars: list = field(repr=False)
-    counts: list = field(repr=False)
+    tars: list = field(repr=False)  # in shard order
+    counts: list = field(repr=False)  # samples per tar
     norm: Normalisation = field(repr=False)
     num_workers: int = 2
     draws: Optional[Union[Draws, Callable[[int], Draws]]] = None
     shuffle_buffer: int = 4096
     epoch: int = 0
 
-    def plan(self, epoch=None):
-        o = self.options
-        return epoch_plan(sum(self.counts), o.batch_size, o.rank, o.world_size, self.epoch if epoch is None else epoch,
-                          o.shuffle, o.drop_last)
-
-    def __len__(self) -> int:
-        return self.plan().batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    @property
+    def samples(self) -> int:
+        return sum(self.counts)
 
     def epoch_draws(self, epoch: int) -> Draws:
+        """The draws of `epoch`: the explicit ones if given, else `epoch_draws(seed, rank, epoch, …)`."""
         if isinstance(self.draws, Draws):
             return self.draws
         if callable(self.draws):
@@ -163,9 +162,9 @@ class ReferenceLoader:
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        order = shard_order(len(self.tars), self.options.seed, epoch, self.options.shuffle)
-        dataset = _Epoch([self.tars[i] for i in order], [self.counts[i] for i in order], self.options, self.norm,
-                         epoch, self.epoch_draws(epoch), self.shuffle_buffer)
+        shards = self.options.in_epoch_order(list(zip(self.tars, self.counts)), epoch)
+        dataset = _Epoch([t for t, _ in shards], [c for _, c in shards], self.options, self.norm, epoch,
+                         self.epoch_draws(epoch), self.shuffle_buffer)
         yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
 
 
@@ -181,6 +180,6 @@ def build_reference_loader(OUT, split, batch_size, rank=0, world_size=1, seed=0,
                               shuffle, drop_last)
     manifest = open_split(options)
     norm = load_normalisation(OUT, manifest, mean)
-    shards = manifest.split(split).shards
     tars = [t for t, _ in manifest.shard_paths(OUT, split)]
-    return ReferenceLoader(options, tars, [s.samples for s in shards], norm, num_workers, draws, shuffle_buffer)
+    return ReferenceLoader(options, tars, [s.samples for s in manifest.split(split).shards], norm, num_workers,
+                           draws, shuffle_buffer)

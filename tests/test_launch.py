@@ -34,3 +34,16 @@ def test_device_layout_errors(monkeypatch):
     assert resolve_devices("auto") == (None, torch.device("cpu"))
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_devices("cuda")
+
+
+def test_launch_reads_torchrun_environment_once():
+    from train.launch import Launch
+
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    launch = Launch.from_env(env)
+    assert (launch.rank, launch.world, launch.local_rank, launch.local_world, launch.main) == (5, 8, 1, 4, False)
+    assert Launch.from_env({}) == Launch() and Launch().main
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert launch.threads() == max(1, cores // 4) and Launch().threads() == cores

@@ -12,7 +12,8 @@ SMALL = dict(width=0.125, init="kaiming", lr=0.001, batch_size=8, device="cpu", 
 
 
 def tiny_shards(d):
-    """32 train and 12 val images of 8 classes (8 > 5: top-5 is not trivial), in shards of 12."""
+    """32 train and 12 val images of 8 classes (8 > 5: top-5 is not trivial), in shards of 12, in d."""
+    os.makedirs(d, exist_ok=True)
     make_shards(d, n_train=32, n_val=12, classes=8, shard_size=12, seed=1)
     return str(d)
 

@@ -299,3 +299,25 @@ def figures(shards, checkpoint, out, device):
     for name, path in paths.items():
         if str(path).endswith(".png"):
             click.echo(f"figures: {name}: {path}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on one line instead of the table.")
+@click.option("--plot", type=click.Path(dir_okay=False), default="report.png", show_default=True,
+              help="PNG of the runs' loss and validation error curves.")
+def report(runs, as_json, plot):
+    """RUNS side by side: the settings that differ, best validation error (centre crop and, from
+    `alexnet eval --ten-crop`, ten-crop), epochs, wall time and img/s, with the paper's one-CNN
+    row of Table 2 beside them; a Markdown table on stdout and a PNG of the curves.
+
+    \b
+    Example:
+      alexnet report runs/paper runs/no-lrn runs/one-column runs/traditional-pool --plot ablations.png
+    """
+    from train.report import format_markdown, plot_report, report as make_report, to_json
+
+    rep = _library_errors(make_report, runs)
+    plot_report(rep, plot)
+    click.echo(f"report: curves written to {plot}", err=True)
+    click.echo(json.dumps(to_json(rep)) if as_json else format_markdown(rep))

@@ -30,10 +30,10 @@ class Launch:
         return self.rank == 0
 
     def threads(self) -> int:
-        """This process's share of its CPU affinity set (DALI worker threads), split among the
-        processes of its machine."""
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, cores // max(1, self.local_world))
+        """This process's share of the machine's cores, for its DALI worker threads."""
+        from pipeline.dali_loader import default_threads
+
+        return default_threads(self.local_world)
 
 
 def parse_devices(value: Optional[str]) -> Optional[Tuple[str, ...]]:

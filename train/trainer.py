@@ -79,6 +79,8 @@ class Trainer:
         self.epoch = 0  # the epoch being trained
         self.batch_in_epoch = 0  # batches of `epoch` already trained (for mid-epoch resume)
         self.best_error = float("inf")  # the lowest validation top-1 error so far (best.pt)
+        self.wall_s = 0.0  # seconds of fit() before this process's (from the checkpoint)
+        self._fit_start = time.perf_counter()
         self._bar = None  # the epoch's progress bar (main rank)
         self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
         if cfg.resume:
@@ -111,6 +113,7 @@ class Trainer:
     def fit(self):
         """Train until cfg.epochs are done or cfg.max_steps is reached; returns self."""
         cfg = self.cfg
+        self._fit_start = time.perf_counter()
         while self.epoch < cfg.epochs and not self.done():
             self._set_lr(self.schedule.on_epoch(self.epoch))
             losses, times = [], StepTimes(self.device)
@@ -141,6 +144,10 @@ class Trainer:
 
     def train_step(self, images, labels):
         return train_step(self.net, self.optimizer, images, labels, self.device, self.cfg.amp)
+
+    def elapsed(self) -> float:
+        """Seconds of training in all, across resumes (validation and checkpoints included)."""
+        return self.wall_s + time.perf_counter() - self._fit_start
 
     def done(self):
         return self.cfg.max_steps is not None and self.step >= self.cfg.max_steps
@@ -185,7 +192,8 @@ class Trainer:
         row = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                "images_per_s": t["images"] * self.world / t["elapsed_s"],
                "data_wait": t["data_s"] / t["elapsed_s"],
-               "data_ms": 1e3 * t["data_s"] / t["steps"], "compute_ms": 1e3 * t["compute_s"] / t["steps"]}
+               "data_ms": 1e3 * t["data_s"] / t["steps"], "compute_ms": 1e3 * t["compute_s"] / t["steps"],
+               "wall_s": self.elapsed()}
         self.metrics.write(row)
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{row['images_per_s']:.0f}",
@@ -210,7 +218,7 @@ class Trainer:
             result = self.validate()
             self._set_lr(self.schedule.on_validation(result["top1_error"]))
             self.metrics.write({"step": self.step, "epoch": finished, **result,
-                                "lr": self.optimizer.param_groups[0]["lr"]})
+                                "lr": self.optimizer.param_groups[0]["lr"], "wall_s": self.elapsed()})
             improved = result["top1_error"] < self.best_error
             self.best_error = min(self.best_error, result["top1_error"])  # saved in the checkpoint
         path = self.save()
@@ -259,6 +267,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_top1_error": self.best_error,
+            "wall_s": self.elapsed(),
             "rng": rng,  # one entry per rank
             "world_size": self.world,
             "train_config": dict(vars(self.cfg)),
@@ -284,6 +293,7 @@ class Trainer:
             self._apply_changes(state["step"], changed)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_error = state.get("best_top1_error", float("inf"))
+        self.wall_s = state.get("wall_s", 0.0)
         rng = state["rng"]
         set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.devices)
         self.metrics.truncate_after(self.step)  # rows past the checkpoint are redone

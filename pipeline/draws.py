@@ -1,8 +1,8 @@
 """The random draws of paper Section 4.1, per image per epoch, the PCA lighting offset, and the
-manifest's statistics in the units the pipelines use (`Normalisation`).
+ten fixed views of ten-crop testing.
 
 Every random number of an epoch comes from here, drawn on the host with numpy from
-`SeedSequence([seed, rank, epoch])`, and is handed to the DALI pipeline through an external
+`SeedSequence([seed, rank, epoch])`, and is handed to the DALI graph through an external
 source (and to the reference loader directly). So epoch e's draws are a function of
 (seed, rank, e) alone, are exactly reproducible, and both loaders apply the same numbers:
 
@@ -18,17 +18,15 @@ lighting use two independent child streams, so turning augmentation on or off do
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
-from shards import ManifestError
+from shards import IMAGE_SIZE
 
-CROP = 224  # output side (Section 4.1)
-STRIDE = 32  # 256 − 224: the number of crop offsets per axis
-CENTRE = STRIDE // 2  # offset of the centre crop (16)
+CROP = 224  # side of the network's input, in pixels (Section 4.1)
+STRIDE = IMAGE_SIZE - CROP  # 32: crop offsets per axis of the 256×256 image
+CENTRE = STRIDE // 2  # 16: the centre crop's offset
 
 
 @dataclass
@@ -44,6 +42,7 @@ class Draws:
         return len(self.x0)
 
     def rows(self, start: int, stop: int) -> "Draws":
+        """Rows [start, stop): the draws of those stream positions."""
         return Draws(self.x0[start:stop], self.y0[start:stop], self.mirror[start:stop], self.alpha[start:stop])
 
 
@@ -53,14 +52,7 @@ def epoch_draws(seed: int, rank: int, epoch: int, n: int, augment: bool, sigma: 
     augment=False gives the centre crop (offset 16, no mirror); sigma=0 gives α = 0.
     """
     crop_seq, light_seq = np.random.SeedSequence([seed, rank, epoch]).spawn(2)
-    if augment:
-        # one call, row by row: row i uses the same stream values whatever n is
-        xym = np.random.default_rng(crop_seq).integers(0, [STRIDE, STRIDE, 2], size=(n, 3), dtype=np.int32)
-        x0, y0, mirror = xym[:, 0].copy(), xym[:, 1].copy(), xym[:, 2].copy()
-    else:
-        x0 = np.full(n, CENTRE, np.int32)
-        y0 = np.full(n, CENTRE, np.int32)
-        mirror = np.zeros(n, np.int32)
+    x0, y0, mirror = _crops(crop_seq, n) if augment else _centre(n)
     if sigma > 0:
         alpha = np.random.default_rng(light_seq).normal(0.0, sigma, size=(n, 3))
     else:
@@ -68,8 +60,21 @@ def epoch_draws(seed: int, rank: int, epoch: int, n: int, augment: bool, sigma: 
     return Draws(x0, y0, mirror, alpha)
 
 
+def _crops(seq: np.random.SeedSequence, n: int):
+    """Random corners and flips (Section 4.1): one call, row by row, so row i takes the same
+    stream values whatever n is."""
+    xym = np.random.default_rng(seq).integers(0, [STRIDE, STRIDE, 2], size=(n, 3), dtype=np.int32)
+    return xym[:, 0].copy(), xym[:, 1].copy(), xym[:, 2].copy()
+
+
+def _centre(n: int):
+    """The centre crop, unmirrored, for every row."""
+    return np.full(n, CENTRE, np.int32), np.full(n, CENTRE, np.int32), np.zeros(n, np.int32)
+
+
 def lighting_offset(alpha: np.ndarray, eigval, eigvec) -> np.ndarray:
-    """The RGB offset `eigvec @ (α ⊙ eigval)` for each row of α, in the statistics' [0,1] units.
+    """The RGB offset `eigvec @ (α ⊙ eigval)` for each row of α, in the statistics' [0,1] units
+    (Section 4.1's PCA lighting).
 
     `eigvec` is 3×3 with the eigenvectors as COLUMNS (the manifest's convention), so for rows
     of α this is (α ⊙ eigval) @ eigvecᵀ. Multiply by 255 for 0–255 pixel values.
@@ -87,46 +92,3 @@ TEN_CROP_VIEWS = (
     (0, 0, 0), (STRIDE, 0, 0), (0, STRIDE, 0), (STRIDE, STRIDE, 0), (CENTRE, CENTRE, 0),
     (STRIDE, 0, 1), (0, 0, 1), (STRIDE, STRIDE, 1), (0, STRIDE, 1), (CENTRE, CENTRE, 1),
 )
-
-
-@dataclass
-class Normalisation:
-    """The manifest's statistics in the units the pipelines use."""
-
-    mean_image: Optional[np.ndarray]  # float32 256×256×3, 0–255 units (255 × mean_image.npy)
-    channel_mean: np.ndarray  # (3,) 0–255 units
-    channel_std: np.ndarray  # (3,) 0–255 units
-    eigval: np.ndarray  # (3,) [0,1] units
-    eigvec: np.ndarray  # (3, 3) columns are eigenvectors, [0,1] units
-    size: int = 256
-
-    def offsets255(self, alpha: np.ndarray) -> np.ndarray:
-        """Per-image lighting offsets in 0–255 units."""
-        return 255.0 * lighting_offset(alpha, self.eigval, self.eigvec)
-
-
-def load_normalisation(out, manifest, mean: str) -> Normalisation:
-    """The statistics of a shard directory's manifest (and its mean image for mean="image")."""
-    s = manifest.stats
-    if s is None:
-        raise ManifestError(f"{out}: the manifest has no stats (they come from a train split); "
-                            "mean subtraction and lighting need them")
-    mean_image = None
-    if mean == "image":
-        path = os.path.join(str(out), s.mean_image)
-        try:
-            mean_image = np.load(path)
-        except (OSError, ValueError) as e:
-            raise ManifestError(f"{path}: cannot read the mean image ({e})") from None
-        size = manifest.image_size
-        if mean_image.shape != (size, size, 3):
-            raise ManifestError(f"{path}: mean image has shape {mean_image.shape}, expected ({size}, {size}, 3)")
-        mean_image = (mean_image.astype(np.float64) * 255.0).astype(np.float32)
-    return Normalisation(
-        mean_image=mean_image,
-        channel_mean=255.0 * np.asarray(s.mean, np.float64),
-        channel_std=255.0 * np.asarray(s.std, np.float64),
-        eigval=np.asarray(s.eigval, np.float64),
-        eigvec=np.asarray(s.eigvec, np.float64),
-        size=manifest.image_size,
-    )
