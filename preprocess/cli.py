@@ -4,11 +4,10 @@ Nothing heavy at module level: numpy, Pillow and simplejpeg are imported inside 
 and nothing here ever imports torch or DALI.
 """
 import os
-import sys
 
 import click
 
-from shards.errors import UserError
+from shards.format import SPLITS
 
 
 def _single_threaded_blas():
@@ -45,7 +44,7 @@ def _part(ctx, param, value):
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
               help="JPEG quality of the written 256x256 images.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffled training order.")
-@click.option("--split", type=click.Choice(["train", "val", "all"]), default="all", show_default=True,
+@click.option("--split", type=click.Choice([*SPLITS, "all"]), default="all", show_default=True,
               help="Which split(s) to write; a later run may add a split to the same OUT.")
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Only the first N files of each split (training: of the shuffled order).")
@@ -82,26 +81,20 @@ def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_e
       alexnet preprocess /data/ILSVRC2012 /scratch/p0 --part 0/4       # machine 0 of 4
     """
     _single_threaded_blas()
-    from preprocess.outdir import OutError
     from preprocess.plan import Settings
-    from preprocess.run import NothingUsable, TooManyErrors, preprocess as run
-    from preprocess.scan import ScanError
+    from preprocess.run import TooManyErrors, preprocess as run
 
     settings = Settings(src=src, out=out, shard_size=shard_size, quality=quality, seed=seed, split=split,
                         limit=limit, max_errors=max_errors, part=part, resize_filter=resize_filter)
     if workers:
         settings.workers = workers
+    # bad input (ScanError, OutError: exit 2) and damage (NothingUsable, TooManyErrors: exit 1) are
+    # shards.errors exceptions, which click shows as one line
     try:
         summary = run(settings, show_progress=not quiet)
-    except (ScanError, OutError) as e:
-        raise UserError(str(e)) from None
-    except NothingUsable as e:  # damage found: exit 1
-        click.echo(f"alexnet preprocess: error: {e}", err=True)
-        sys.exit(1)
-    except TooManyErrors as e:
+    except TooManyErrors as e:  # OUT is finished: its summary, then the error
         click.echo(e.summary.line())
-        click.echo(f"alexnet preprocess: error: {e}", err=True)
-        sys.exit(1)
+        raise
     click.echo(summary.line())
 
 
@@ -123,10 +116,6 @@ def merge(parts, out, mode):
       alexnet verify /data/shards
     """
     _single_threaded_blas()
-    from preprocess.merge import MergeError, merge as run_merge
+    from preprocess.combine import merge as run_merge
 
-    try:
-        summary = run_merge(list(parts), out, mode)
-    except MergeError as e:
-        raise UserError(str(e)) from None
-    click.echo(summary.line())
+    click.echo(run_merge(list(parts), out, mode).line())  # MergeError: one line, exit 2

@@ -13,50 +13,43 @@ reused shards come from their records: they are sums over the pixels before JPEG
 cannot be recovered from the tar. `.parts/` may be deleted once the job is done; a later run
 then rewrites the shards instead of reusing them.
 """
-import fcntl
 import glob
 import json
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 
-from shards.manifest import MANIFEST_NAME, Manifest, ManifestError, ShardInfo
+from shards.errors import UserError
+from shards.files import LOCK, Busy, atomic_write, exclusive
+from shards.format import MANIFEST_NAME, SPLITS
+from shards.manifest import Manifest, ManifestError, ShardInfo
 from shards.stats import StatSums
 from shards.writer import file_sha256
 
 PARTS = ".parts"
-LOCK = ".lock"  # held (flock) by the one preprocess run writing OUT
 PARAMS = "params.json"
 # params that must agree for two runs to write into the same OUT ("files" is checked per split)
 SETTING_KEYS = ("size", "quality", "resize_filter", "chroma_subsampling", "seed", "source_root", "shard_size",
                 "limit", "part")
 
 
-class OutError(ValueError):
-    """OUT cannot be used with these settings; the message says why."""
+class OutError(UserError, ValueError):
+    """OUT cannot be used with these settings; the message says why (exit code 2)."""
 
 
 @dataclass
 class ShardRecord:
+    """What `.parts/<stem>.npz` keeps of a finished shard."""
+
     stem: str
     files: int  # source files planned for this shard
     shard: Optional[ShardInfo]  # None: every file failed, no tar was written
     tar_bytes: int
     errors: List[dict]
     sums: Optional[StatSums] = None
-
-
-def atomic_write(path: str, write) -> None:
-    """write(f) into path + '.tmp', fsync, rename."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def differences(a: dict, b: dict) -> List[str]:
@@ -100,10 +93,10 @@ def prepare(out: str, params: dict, classes: list) -> Tuple[Optional[Manifest], 
         if diff:
             raise OutError(f"{out} was made with other settings ({'; '.join(diff)}); use another OUT")
         files = dict(existing["params"].get("files") or {}, **(params.get("files") or {}))
-        params = dict(params, files={s: files[s] for s in ("train", "val") if s in files})
+        params = dict(params, files={s: files[s] for s in SPLITS if s in files})
     os.makedirs(os.path.join(out, PARTS), exist_ok=True)
     record = {"params": params, "classes": classes}
-    atomic_write(os.path.join(out, PARTS, PARAMS), lambda f: f.write(json.dumps(record, indent=1).encode()))
+    atomic_write(os.path.join(out, PARTS, PARAMS), lambda f: f.write(json.dumps(record, indent=1)), mode="w")
     return manifest, params
 
 
@@ -151,31 +144,19 @@ def sha256_matches(path: str, expected: str) -> bool:
 
 @contextmanager
 def locked(out: str):
-    """Hold OUT's lock file for the whole run: a second `alexnet preprocess` into the same OUT stops
-    at once with one line (OutError) instead of both writing the same files. The lock is the
-    kernel's (flock), so a run killed with -9 leaves no stale lock, only the file."""
+    """Hold OUT's lock (shards.files.exclusive) for the whole run: a second `alexnet preprocess`
+    into the same OUT stops at once with one line (OutError) instead of both writing the same
+    files; a run killed with -9 leaves no stale lock, only the file."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise OutError(f"{out} exists and is not a folder")
-    try:
-        os.makedirs(out, exist_ok=True)
-        fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise OutError(f"{out}: cannot write there ({e.strerror}); choose another OUT") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise OutError(f"{out} is being written by another alexnet preprocess (pid {holder}); wait for it "
-                           "to finish or choose another OUT") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.remove(os.path.join(out, LOCK))  # before the unlock: a later run makes a new one
-    finally:
-        os.close(fd)
+    with ExitStack() as held:
+        try:  # only taking the lock: errors of the run itself pass through unchanged
+            held.enter_context(exclusive(out, "alexnet preprocess"))
+        except Busy as e:
+            raise OutError(str(e)) from None
+        except OSError as e:
+            raise OutError(f"{out}: cannot write there ({e.strerror}); choose another OUT") from None
+        yield
 
 
 def remove_leftovers(out: str) -> None:

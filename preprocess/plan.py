@@ -13,7 +13,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from preprocess.scan import Item, Source
+from preprocess.source import Item, Source
+from shards.format import IMAGE_SIZE, SPLITS, TRAIN
 from shards.writer import shard_stem
 
 DEFAULT_SHARD_SIZE = 1000  # images per shard: ~25 MB tars at q90, 1,282 training shards for ImageNet
@@ -55,16 +56,16 @@ class Settings:
     shard_size: int = DEFAULT_SHARD_SIZE  # images
     quality: int = DEFAULT_QUALITY  # JPEG quality of the written images, 1..100
     seed: int = 0  # training order
-    split: str = "all"  # train | val | all
+    split: str = "all"  # a name in SPLITS, or "all"
     limit: Optional[int] = None  # first N files of each split (after ordering); None: all
     max_errors: Optional[int] = None  # exit 1 when more files fail; None: never
     part: Optional[Part] = None
     resize_filter: str = "bilinear"  # antialiased Pillow filter: bilinear | bicubic
-    size: int = 256  # pixels, the side of the written images
+    size: int = IMAGE_SIZE  # pixels, the side of the written images
 
     @property
     def splits(self):
-        return ("train", "val") if self.split == "all" else (self.split,)
+        return SPLITS if self.split == "all" else (self.split,)
 
     def params(self, chroma: str) -> dict:
         """The settings that determine the bytes of the shards (manifest `params`)."""
@@ -105,7 +106,7 @@ class ShardTask:
 def ordered(items: List[Item], split: str, seed: int, limit: Optional[int] = None) -> List[Item]:
     """Write order: training globally shuffled by `seed`, validation sorted; then `limit`."""
     items = sorted(items, key=lambda it: it.path)
-    if split == "train":
+    if split == TRAIN:
         perm = np.random.default_rng(seed).permutation(len(items))
         items = [items[i] for i in perm]
     return items[:limit] if limit is not None else items

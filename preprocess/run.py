@@ -1,35 +1,38 @@
 """`alexnet preprocess`: an ImageNet folder -> shards, statistics and an error report, in one pass.
 
 Workers decode, resize, encode and sum chunks of files; the main process consumes the results
-in plan order, writes each shard (tar + DALI index) and its record, and in the end derives the
-statistics from the records' integer sums and writes errors.jsonl and manifest.json (last).
+in plan order, writes each shard (tar + DALI index) and its record, and in the end sums the
+records' exact integers and finishes OUT (shards.finish: the statistics files, errors.jsonl and,
+last, manifest.json).
 Memory stays bounded on 1.28 M images: at most `4 × workers` chunks are in flight, the main
 process holds one shard's samples at a time, and per-shard sums live on disk, not in memory.
 With --workers 1 everything runs in the main process (no pool, no pickling).
 """
-import json
 import os
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-import numpy as np
-
 from preprocess import outdir, worker
-from preprocess.plan import Plan, Settings, ShardTask, make_plan
+from preprocess.plan import Settings, ShardTask, make_plan
 from preprocess.progress import Progress
-from preprocess.scan import ScanError, scan
+from preprocess.source import ScanError, Source, scan
 from preprocess.transform import CHROMA_SUBSAMPLING
-from shards.manifest import ClassInfo, Manifest, SplitInfo, Stats
+from shards.errors import Damage
+from shards.finish import NothingUsable, finish_shard_dir, read_errors
+from shards.format import ERRORS_NAME, TRAIN, VAL
+from shards.manifest import ClassInfo, Manifest
 from shards.stats import StatSums
 from shards.writer import ShardWriter, sample_key
 
-SPLIT_ORDER = ("train", "val")
+__all__ = ["preprocess", "Summary", "TooManyErrors", "NothingUsable"]
 
 
 @dataclass
 class Summary:
+    """What a preprocess run did; `line()` is the one line `alexnet preprocess` prints."""
+
     out: str
     written: int  # images encoded by this run
     reused: int  # shards kept from an earlier run
@@ -45,23 +48,27 @@ class Summary:
                 f"{self.seconds:.1f} s, {rate:,.1f} img/s -> {self.out}")
 
 
-class TooManyErrors(RuntimeError):
+class TooManyErrors(Damage):
+    """More files failed than `Settings.max_errors`; raised after OUT is finished, with the run's
+    Summary in `.summary` (exit code 1)."""
+
     def __init__(self, summary: Summary, limit: int):
         super().__init__(f"{summary.errors:,} files failed, more than --max-errors {limit}; "
-                         f"see {os.path.join(summary.out, 'errors.jsonl')}")
+                         f"see {os.path.join(summary.out, ERRORS_NAME)}")
         self.summary = summary
 
 
-class NothingUsable(RuntimeError):
-    """Every source image of a split failed: errors.jsonl lists them, and no manifest is written."""
-
-
 def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
-    """Run the job; raises ScanError/OutError for bad input, TooManyErrors after finishing."""
+    """Run the job: SRC -> shards, statistics, errors.jsonl and manifest.json in OUT.
+
+    Raises ScanError/OutError (UserError, exit 2) for bad input or an unusable OUT,
+    NothingUsable (Damage, exit 1) when every image of a split failed, and TooManyErrors
+    (Damage, exit 1) after finishing OUT when more files failed than `settings.max_errors`.
+    """
     t0 = time.perf_counter()
     out = settings.out
     source = scan(settings.src, settings.splits)
-    if settings.split == "val" and "val" not in source.splits:
+    if settings.split == VAL and VAL not in source.splits:
         raise ScanError(f"{settings.src}: no validation images (val/ is missing or empty)")
     plan = make_plan(source, settings)
     params = settings.params(":".join(CHROMA_SUBSAMPLING))
@@ -79,7 +86,7 @@ def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-        errors = _finish(out, plan, owned, records, existing, params, source)
+        errors = _finish(out, owned, records, existing, params, source)
         outdir.remove_leftovers(out)
         tasks = [t for ts in owned.values() for t in ts]
         summary = Summary(
@@ -148,7 +155,7 @@ def _run(settings: Settings, todo: List[ShardTask], records: dict, pool, show_pr
     current, samples, errors, sums = None, [], [], None
     for task, result in _results(settings, todo, pool):
         if task is not current:
-            current, samples, errors, sums = task, [], [], (StatSums(settings.size) if task.split == "train" else None)
+            current, samples, errors, sums = task, [], [], (StatSums(settings.size) if task.split == TRAIN else None)
         samples += result.samples
         errors += result.errors
         if result.sums is not None:
@@ -177,76 +184,42 @@ def _write_shard(out: str, task: ShardTask, samples, errors, sums) -> outdir.Sha
         tar_bytes = os.path.getsize(os.path.join(out, info.tar))
     rec = outdir.ShardRecord(task.stem, len(task.items), info, tar_bytes, errors, sums)
     outdir.save_record(out, rec)
-    rec.sums = None  # 1.5 MB per shard: read back one at a time in _finish, not held in memory
+    rec.sums = None  # 1.5 MB per shard: read back one at a time by _train_sums, not held in memory
     return rec
 
 
-def _finish(out: str, plan: Plan, owned, records, existing: Optional[Manifest], params: dict, source) -> int:
-    """Write statistics, errors.jsonl and (last) manifest.json. Returns this run's error count.
+def _finish(out: str, owned, records, existing: Optional[Manifest], params: dict, source: Source) -> int:
+    """Finish OUT (shards.finish) with this run's shards and errors and the splits it keeps from
+    an earlier run. Returns this run's error count.
 
     A split of which this run owns shards but every image failed gets errors.jsonl and no
     manifest (NothingUsable): a shard directory with 0 images must not look complete."""
-    splits = dict(existing.splits) if existing else {}
-    stats = existing.stats if existing else None
-    old_errors = _read_errors(out)
-    error_lines = [e for e in old_errors if e["split"] not in owned]
+    splits = {name: split.shards for name, split in existing.splits.items()} if existing else {}
+    errors = [e for e in read_errors(out) if e["split"] not in owned]
     run_errors = 0
     for split, tasks in owned.items():
         recs = [records[t.stem] for t in tasks]
-        shards = [r.shard for r in recs if r.shard]
         splits.pop(split, None)
-        if shards:
-            splits[split] = SplitInfo(samples=sum(s.samples for s in shards), shards=shards)
+        if tasks:  # an empty list: every image failed
+            splits[split] = [r.shard for r in recs if r.shard]
         for r in recs:
-            error_lines += r.errors
+            errors += r.errors
             run_errors += len(r.errors)
-        if split == "train":
-            stats = _write_stats(out, [t.stem for t in tasks])
-    write_errors(out, error_lines)
-    failed = [split for split, tasks in owned.items() if tasks and split not in splits]
-    if failed:
-        raise NothingUsable(f"every image of the {' and '.join(failed)} split failed; no manifest was "
-                            f"written (see {os.path.join(out, 'errors.jsonl')})")
+    if TRAIN in owned:  # statistics from this run's training shards
+        sums, stats = _train_sums(out, [t.stem for t in owned[TRAIN]]), None
+    else:  # those of an earlier run's, if any
+        sums, stats = None, existing.stats if existing else None
     classes = [ClassInfo(i, w, source.names.get(w, w)) for i, w in enumerate(source.wnids)]
-    ordered = {s: splits[s] for s in SPLIT_ORDER if s in splits}
-    Manifest(image_size=params["size"], classes=classes, params=params, splits=ordered, stats=stats,
-             errors=len(error_lines)).save(out)
+    finish_shard_dir(out, classes=classes, params=params, splits=splits, errors=errors, sums=sums, stats=stats,
+                     image_size=params["size"])
     return run_errors
 
 
-def _write_stats(out: str, stems: List[str]) -> Optional[Stats]:
+def _train_sums(out: str, stems: List[str]) -> Optional[StatSums]:
     """Sum the training shards' records (streamed: memory stays flat on 1,282 shards)."""
     total = None
     for stem in stems:
         sums = outdir.load_record(out, stem).sums
         if sums is not None:
             total = sums if total is None else total.merge(sums)
-    if total is None or total.images == 0:
-        return None
-    return save_stats(out, total)
-
-
-def save_stats(out: str, total: StatSums) -> Stats:
-    """mean_image.npy and pixel_sum.npy (atomically) and the manifest's Stats, from exact sums."""
-    derived, mean_image = total.derive()
-    outdir.atomic_write(os.path.join(out, "mean_image.npy"), lambda f: np.save(f, mean_image))
-    outdir.atomic_write(os.path.join(out, "pixel_sum.npy"), lambda f: np.save(f, total.pixel_sum))
-    return Stats(**derived, sums=total.to_json())
-
-
-def _read_errors(out: str) -> List[dict]:
-    path = os.path.join(out, "errors.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if "summary" not in r]
-
-
-def write_errors(out: str, rows: List[dict]) -> None:
-    """errors.jsonl: one line per failed file in plan order, then one summary line."""
-    rows = sorted(rows, key=lambda r: (SPLIT_ORDER.index(r["split"]), r["position"]))
-    by_split = {s: sum(1 for r in rows if r["split"] == s) for s in SPLIT_ORDER}
-    lines = [json.dumps(r) for r in rows]
-    lines.append(json.dumps({"summary": {"errors": len(rows), "by_split": by_split}}))
-    outdir.atomic_write(os.path.join(out, "errors.jsonl"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    return total

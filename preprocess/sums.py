@@ -11,6 +11,7 @@ OpenCV's SIMD accumulators working on the interleaved RGBX bytes as they are (no
 import cv2
 import numpy as np
 
+from shards.format import IMAGE_SIZE
 from shards.stats import StatSums
 
 FOLD_EVERY = 256  # images; 256 · 255² = 16,646,400 < 2²⁴ = 16,777,216
@@ -19,7 +20,7 @@ FOLD_EVERY = 256  # images; 256 · 255² = 16,646,400 < 2²⁴ = 16,777,216
 class PixelSums:
     """Accumulates uint8 size×size RGBX (or RGB) images; `.stat_sums()` gives the StatSums."""
 
-    def __init__(self, size: int = 256):
+    def __init__(self, size: int = IMAGE_SIZE):
         self.size = size
         self.images = 0
         n = size * size * 4

@@ -1,4 +1,4 @@
-"""One source file -> one 256×256 RGB image -> one baseline JPEG (DESIGN.md, Contract 1).
+"""One source file -> one 256×256 RGB image -> one baseline JPEG (docs/DESIGN.md, "Shard directory").
 
 Geometry, exactly: for a w×h source, s = size/min(w, h); the resized image is
 W×H = (round(w·s), round(h·s)), at least size each; the crop's top-left corner is
@@ -40,7 +40,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile
 
-IMAGE_SIZE = 256
+from shards.format import IMAGE_SIZE
+
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}  # antialiased
 DEFAULT_FILTER = "bilinear"
 # OpenCV's SIMD bilinear (not antialiased) stands in for Pillow's for reductions by f < 1/_CV_MIN_FACTOR
@@ -58,6 +59,8 @@ class BadImage(ValueError):
 
 
 class Geometry(NamedTuple):
+    """The resize of a source (W×H) and the corner of the centre crop in it."""
+
     width: int  # W: the whole resized image
     height: int  # H
     left: int  # crop corner in the resized image
@@ -65,7 +68,7 @@ class Geometry(NamedTuple):
 
 
 def geometry(w: int, h: int, size: int = IMAGE_SIZE) -> Geometry:
-    """The exact resize and crop of a w×h source (DESIGN.md, Contract 1)."""
+    """The exact resize and crop of a w×h source (docs/DESIGN.md, "Shard directory")."""
     s = size / min(w, h)
     W, H = max(size, round(w * s)), max(size, round(h * s))
     return Geometry(W, H, (W - size) // 2, (H - size) // 2)

@@ -12,6 +12,7 @@ import numpy as np
 
 from preprocess.sums import PixelSums
 from preprocess.transform import BadImage, encode, load
+from shards.format import TRAIN
 from shards.stats import StatSums
 
 _config = {}
@@ -55,10 +56,10 @@ class ChunkResult:
 
 
 def process_chunk(split: str, chunk) -> ChunkResult:
-    """chunk: [(position, scan.Item)] -> ChunkResult (statistics only for the training split)."""
+    """chunk: [(position, source.Item)] -> ChunkResult (statistics only for the training split)."""
     root, size, quality, resize_filter = (_config[k] for k in ("root", "size", "quality", "resize_filter"))
     result = ChunkResult(split)
-    sums = PixelSums(size) if split == "train" else None
+    sums = PixelSums(size) if split == TRAIN else None
     for position, item in chunk:
         try:
             if item.problem:

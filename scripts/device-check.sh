@@ -56,7 +56,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep the log, never
 python3 -c "from shardkit import make_shards; import os; os.makedirs('/tmp/dc-shards', exist_ok=True); \
 make_shards('/tmp/dc-shards', n_train=3072, n_val=0, classes=1000, shard_size=512, seed=0)" \
   || echo "shard generation failed"
-step pytest-gpu "${PYTEST_S:-60}" python3 -m pytest -q -m gpu -x tests/test_dali_loader.py tests/test_model.py tests/test_lrn.py
+step pytest-gpu "${PYTEST_S:-60}" python3 -m pytest -q -m gpu -x tests/test_dali_loader.py tests/test_model.py tests/test_response_norm.py
 step bench-pipeline "${PIPE_S:-50}" python3 scripts/bench_pipeline.py --device cuda --samples 2000 --repeats 1 --batch-size 256 --json
 TAIL=8 step profile "${PROF_S:-45}" python3 -m alexnet_cli profile /tmp/dc-shards --device cuda --batch-size 256 --batches 15 --warmup 3 --peer-workers 16 --json --plot "$OUT/profile.png"
 # The full-size recipe's learning check (issue "Training that learns", item 2): the built-in

@@ -1,6 +1,6 @@
-"""The shard directory format (docs/DESIGN.md, "Shard directory"): keys, the tar + DALI index
-writer, the manifest, the statistics, verification, and the small helpers every stage shares
-(errors, atomic writes, lazy exports).
+"""The shard directory format (docs/DESIGN.md, "Shard directory"): its names and sizes, keys, the
+tar + DALI index writer, the manifest, the statistics, the finisher, verification, and the small
+helpers every stage shares (errors, atomic writes, lazy exports).
 
 `shards` knows nothing about image processing or training; it is the contract between
 `preprocess` (which writes shards) and `pipeline` (which reads them).
@@ -8,7 +8,14 @@ writer, the manifest, the statistics, verification, and the small helpers every 
 from shards.exports import lazy_exports
 
 _EXPORTS = {
-    "MANIFEST_NAME": "shards.manifest",
+    "IMAGE_SIZE": "shards.format",
+    "SPLITS": "shards.format",
+    "TRAIN": "shards.format",
+    "VAL": "shards.format",
+    "MANIFEST_NAME": "shards.format",
+    "ERRORS_NAME": "shards.format",
+    "MEAN_IMAGE_NAME": "shards.format",
+    "PIXEL_SUM_NAME": "shards.format",
     "MANIFEST_VERSION": "shards.manifest",
     "ClassInfo": "shards.manifest",
     "Manifest": "shards.manifest",
@@ -20,6 +27,12 @@ _EXPORTS = {
     "ShardWriter": "shards.writer",
     "sample_key": "shards.writer",
     "shard_stem": "shards.writer",
+    "finish_shard_dir": "shards.finish",
+    "read_errors": "shards.finish",
+    "NothingUsable": "shards.finish",
+    "verify_shard_dir": "shards.verify",
+    "VerifyReport": "shards.verify",
+    "Problem": "shards.verify",
     "UserError": "shards.errors",
     "Damage": "shards.errors",
     "atomic_write": "shards.files",

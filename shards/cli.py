@@ -23,28 +23,27 @@ def verify(out, workers):
     """Check every shard named in OUT's manifest, sample by sample.
 
     Checks presence, sha256, sample counts, the three members of each sample, that every JPEG
-    decodes to 256x256 RGB, that `cls` agrees with `json`, and that each `.idx` entry points at
-    the right bytes. Exit 0 with a one-line summary, or name each problem and exit 1.
+    decodes to 256x256 RGB, that `cls` agrees with `json`, that each `.idx` entry points at
+    the right bytes, and that mean_image.npy and pixel_sum.npy agree with the manifest. Exit 0
+    with a one-line summary, or name each problem and exit 1.
 
     \b
     Example:
       alexnet verify /data/shards
     """
-    from shards.verify import verify as run_verify
+    from shards.verify import verify_shard_dir
 
     _load(out)  # a clear one-line error for a missing or malformed manifest
 
     def progress(done, total):
         click.echo(f"\rverify: {done}/{total} shards", nl=done == total, err=True)
 
-    problems, summary = run_verify(out, workers=workers, progress=progress if sys.stderr.isatty() else None)
-    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-    if problems:
-        for p in problems:
-            click.echo(str(p))
-        click.echo(f"verify: {len(problems)} problem(s) in {out} ({summary['shards']} shards, {splits})", err=True)
+    report = verify_shard_dir(out, workers=workers, progress=progress if sys.stderr.isatty() else None)
+    for p in report.problems:
+        click.echo(str(p))
+    click.echo(report.line(), err=not report.ok)
+    if not report.ok:
         sys.exit(1)
-    click.echo(f"ok: {out}: {summary['shards']} shards, {summary['samples']} samples ({splits}), all checks passed")
 
 
 @click.command()
@@ -81,4 +80,4 @@ def stats(out, as_json):
     for i, r in enumerate(s.eigvec):
         label = "eigenvectors" if i == 0 else ""
         click.echo(f"{label:<12} {row(r)}   ({'RGB'[i]} component of each column)")
-    click.echo(f"mean image   {s.mean_image} (256x256x3 float32)")
+    click.echo(f"mean image   {s.mean_image} ({m.image_size}x{m.image_size}x3 float32)")

@@ -1,4 +1,4 @@
-"""`manifest.json`: the typed description of a shard directory (DESIGN.md, Contract 1).
+"""`manifest.json`: the typed description of a shard directory (docs/DESIGN.md, "Shard directory").
 
 Load, validate and save in one place; every reader of a shard directory goes through here.
 """
@@ -7,9 +7,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
-MANIFEST_NAME = "manifest.json"
+from shards.files import atomic_write_json
+from shards.format import MANIFEST_NAME, MEAN_IMAGE_NAME, PIXEL_SUM_NAME, SPLITS, TRAIN
+
 MANIFEST_VERSION = 1
-SPLITS = ("train", "val")
 
 
 class ManifestError(ValueError):
@@ -18,6 +19,8 @@ class ManifestError(ValueError):
 
 @dataclass
 class ClassInfo:
+    """One class: its index (the label), WordNet id and readable name."""
+
     index: int
     wnid: str
     name: str
@@ -25,6 +28,8 @@ class ClassInfo:
 
 @dataclass
 class ShardInfo:
+    """One shard as the manifest lists it: its tar, its DALI index, its sample count and sha256."""
+
     tar: str  # file name, relative to the shard directory
     index: str  # the DALI .idx beside it
     samples: int
@@ -33,6 +38,8 @@ class ShardInfo:
 
 @dataclass
 class SplitInfo:
+    """One split: its sample count and its shards, in order."""
+
     samples: int = 0
     shards: List[ShardInfo] = field(default_factory=list)
 
@@ -48,13 +55,16 @@ class Stats:
     cov: List[List[float]]
     eigval: List[float]  # descending
     eigvec: List[List[float]]  # 3×3 row-major; its COLUMNS are the eigenvectors
-    mean_image: str = "mean_image.npy"  # float32 256×256×3 in [0,1]
+    mean_image: str = MEAN_IMAGE_NAME  # float32 256×256×3 in [0,1]
     sums: Optional[dict] = None  # exact integer sums (shards.StatSums.to_json)
-    pixel_sum: str = "pixel_sum.npy"  # int64 256×256×3 per-pixel Σ, for merging parts
+    pixel_sum: str = PIXEL_SUM_NAME  # int64 256×256×3 per-pixel Σ, for merging parts
 
 
 @dataclass
 class Manifest:
+    """The whole manifest: image size, classes, the settings that made the shards, the splits,
+    the training statistics and the error count. `load` reads and validates, `save` writes."""
+
     image_size: int
     classes: List[ClassInfo]
     params: Dict
@@ -117,7 +127,7 @@ class Manifest:
                 fail(f"unknown split {name!r}")
             if split.samples != sum(s.samples for s in split.shards):
                 fail(f"split {name}: samples {split.samples} != sum over its shards")
-        if "train" in self.splits and self.stats is None:
+        if TRAIN in self.splits and self.stats is None:
             fail("a train split needs stats")
         if self.stats is not None:
             if len(self.stats.eigval) != 3 or any(len(r) != 3 for r in self.stats.eigvec):
@@ -129,17 +139,9 @@ class Manifest:
         return {"version": d.pop("version"), **d}
 
     def save(self, directory) -> str:
-        """Write atomically (temporary name, then rename)."""
+        """Validate, then write atomically (shards.files); returns the path."""
         self.validate()
-        path = os.path.join(str(directory), MANIFEST_NAME)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(os.path.join(str(directory), MANIFEST_NAME), self.to_dict(), indent=1)
 
     # --- conveniences for readers --------------------------------------------------------
     def split(self, name: str) -> SplitInfo:

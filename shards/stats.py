@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-IMAGE_SIZE = 256
+from shards.format import IMAGE_SIZE
 
 
 @dataclass
@@ -47,6 +47,7 @@ class StatSums:
         self.images += 1
 
     def merge(self, other: "StatSums") -> "StatSums":
+        """Add `other`'s sums to these (in place); returns self."""
         if other.size != self.size:
             raise ValueError("cannot merge sums of different image sizes")
         self.images += other.images
@@ -61,6 +62,7 @@ class StatSums:
 
     @classmethod
     def from_json(cls, d: dict, pixel_sum: np.ndarray, size: int = IMAGE_SIZE) -> "StatSums":
+        """The inverse of `to_json`, with the per-pixel sums read from their .npy."""
         return cls(
             size=size,
             images=int(d["images"]),

@@ -1,7 +1,9 @@
 """`alexnet verify`: check a shard directory against its manifest, sample by sample.
 
 Per shard: file present, sha256, sample count, three members per sample, the JPEG decodes to
-256×256 RGB, `cls` agrees with `json`, and every `.idx` entry points at the right bytes.
+256×256 RGB, `cls` agrees with `json`, and every `.idx` entry points at the right bytes. And the
+statistics files the manifest names: `mean_image.npy` and `pixel_sum.npy` present, of the image
+size, and agreeing with each other and with the manifest's exact sums.
 """
 import hashlib
 import io
@@ -9,7 +11,8 @@ import json
 import os
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -19,6 +22,8 @@ from shards.writer import MEMBER_EXTS, read_index
 
 @dataclass
 class Problem:
+    """One thing wrong in a shard directory: the file, the sample key ("" for the whole file), what."""
+
     file: str
     sample: str  # "" when the problem is with the whole file
     message: str
@@ -124,8 +129,35 @@ def _verify_job(args):
     return verify_shard(*args)
 
 
-def verify(directory, workers=None, progress=None):
-    """(problems, summary counts). Raises ManifestError when the manifest itself is unusable."""
+@dataclass
+class VerifyReport:
+    """What `verify_shard_dir` found: `problems` (empty when the directory is sound) and counts."""
+
+    directory: str
+    problems: List[Problem] = field(default_factory=list)
+    shards: int = 0
+    samples: int = 0
+    splits: Dict[str, int] = field(default_factory=dict)  # split -> samples
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def line(self) -> str:
+        """The one-line summary `alexnet verify` prints (on stdout when ok, else on stderr)."""
+        splits = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        if self.problems:
+            return f"verify: {len(self.problems)} problem(s) in {self.directory} ({self.shards} shards, {splits})"
+        return f"ok: {self.directory}: {self.shards} shards, {self.samples} samples ({splits}), all checks passed"
+
+
+def verify_shard_dir(directory, workers: Optional[int] = None,
+                     progress: Optional[Callable[[int, int], None]] = None) -> VerifyReport:
+    """Check every shard and statistics file named in `directory`'s manifest; prints nothing.
+
+    workers: processes (default: one per shard, at most one per core); progress(done, total) is
+    called after each shard. Raises ManifestError when the manifest itself is unusable.
+    """
     directory = str(directory)
     manifest = Manifest.load(directory)
     jobs = [
@@ -135,7 +167,7 @@ def verify(directory, workers=None, progress=None):
     ]
     problems = []
     if manifest.stats is not None:
-        problems += _check_mean_image(directory, manifest)
+        problems += _check_stat_files(directory, manifest)
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -149,27 +181,44 @@ def verify(directory, workers=None, progress=None):
             problems += _verify_job(job)
             if progress:
                 progress(i + 1, len(jobs))
-    summary = {
-        "shards": len(jobs),
-        "samples": sum(s.samples for s in manifest.splits.values()),
-        "splits": {k: v.samples for k, v in manifest.splits.items()},
-    }
-    return problems, summary
+    return VerifyReport(
+        directory=directory,
+        problems=problems,
+        shards=len(jobs),
+        samples=sum(s.samples for s in manifest.splits.values()),
+        splits={k: v.samples for k, v in manifest.splits.items()},
+    )
 
 
-def _check_mean_image(directory, manifest):
-    path = os.path.join(directory, manifest.stats.mean_image)
-    name = manifest.stats.mean_image
+def _load_array(directory, name, shape):
+    """(array, None) or (None, [Problem]) for the .npy `name` that must have `shape`."""
+    path = os.path.join(directory, name)
     if not os.path.exists(path):
-        return [Problem(name, "", "missing")]
+        return None, [Problem(name, "", "missing")]
     try:
-        img = np.load(path)
+        array = np.load(path)
     except (OSError, ValueError) as e:
-        return [Problem(name, "", f"unreadable ({e})")]
-    s = manifest.image_size
-    if img.shape != (s, s, 3):
-        return [Problem(name, "", f"shape {img.shape}, expected ({s}, {s}, 3)")]
-    return []
+        return None, [Problem(name, "", f"unreadable ({e})")]
+    if array.shape != shape:
+        return None, [Problem(name, "", f"shape {array.shape}, expected {shape}")]
+    return array, []
 
 
-__all__ = ["Problem", "verify", "verify_shard", "ManifestError"]
+def _check_stat_files(directory, manifest):
+    """The mean image and the per-pixel sums: present, of the image size, and consistent with each
+    other and with the manifest's exact sums (both are derived from the same integers)."""
+    stats, s = manifest.stats, manifest.image_size
+    mean_image, problems = _load_array(directory, stats.mean_image, (s, s, 3))
+    pixel_sum, more = _load_array(directory, stats.pixel_sum, (s, s, 3))
+    problems += more
+    if pixel_sum is None:
+        return problems
+    if stats.sums is not None and pixel_sum.sum(axis=(0, 1)).tolist() != list(stats.sums["sum"]):
+        problems.append(Problem(stats.pixel_sum, "", "its total differs from the manifest's stats.sums"))
+    elif mean_image is not None and stats.images and not np.allclose(
+            mean_image, pixel_sum / (stats.images * 255.0), rtol=0, atol=1e-6):
+        problems.append(Problem(stats.mean_image, "", f"differs from {stats.pixel_sum} / (images · 255)"))
+    return problems
+
+
+__all__ = ["Problem", "VerifyReport", "verify_shard_dir", "verify_shard", "ManifestError"]

@@ -12,6 +12,8 @@ import json
 import os
 import tarfile
 
+from shards.files import atomic_write
+
 INDEX_VERSION = "v1.2"
 MEMBER_EXTS = ("jpg", "cls", "json")  # the three members of every sample, in tar order
 
@@ -74,6 +76,9 @@ class ShardWriter:
         self.stem = stem
         self.tar_path = os.path.join(self.directory, stem + ".tar")
         self.idx_path = os.path.join(self.directory, stem + ".idx")
+        # The tar is streamed sample by sample over the shard's whole life, not produced by one
+        # `write(f)` call, so shards.files.atomic_write does not fit it: it gets the same
+        # temporary name (.tmp), fsync (`_HashingFile.close`) and rename, here.
         self._tmp_tar = self.tar_path + ".tmp"
         self._file = _HashingFile(self._tmp_tar)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
@@ -82,6 +87,8 @@ class ShardWriter:
         self.info = None
 
     def write(self, key: str, jpeg: bytes, label: int, meta: dict) -> None:
+        """Append one sample: `KEY.jpg` (the bytes as given), `KEY.cls` and `KEY.json` (`meta`
+        plus its label)."""
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
         meta = dict(meta, label=int(label))
@@ -122,13 +129,8 @@ class ShardWriter:
             raise ValueError(f"shard {self.stem} has no samples")
         self._tar.close()
         self._file.close()
-        tmp_idx = self.idx_path + ".tmp"
-        with open(tmp_idx, "w") as f:
-            f.write(f"{INDEX_VERSION} {self.samples}\n")
-            f.write("\n".join(self._index_lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_idx, self.idx_path)
+        index = f"{INDEX_VERSION} {self.samples}\n" + "\n".join(self._index_lines) + "\n"
+        atomic_write(self.idx_path, lambda f: f.write(index), mode="w")
         os.replace(self._tmp_tar, self.tar_path)
         self.info = ShardInfo(
             tar=os.path.basename(self.tar_path),
@@ -145,9 +147,8 @@ class ShardWriter:
         except Exception:
             pass
         self._file.close()
-        for p in (self._tmp_tar, self.idx_path + ".tmp"):
-            if os.path.exists(p):
-                os.remove(p)
+        if os.path.exists(self._tmp_tar):
+            os.remove(self._tmp_tar)  # the index's temporary is atomic_write's to remove
 
     def __enter__(self):
         return self

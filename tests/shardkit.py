@@ -1,9 +1,10 @@
 """Tiny shard directories for tests and benchmarks, built with `shards` alone (no `preprocess`).
 
-`make_shards(dir, n_train, n_val, classes, shard_size, seed)` writes a complete Contract-1
-directory: 256×256 quality-90 JPEG samples in tars with DALI indexes, `mean_image.npy` and a
-manifest whose statistics come from `shards.StatSums` over the training images as written
-(before JPEG encoding), exactly as `preprocess` computes them.
+`make_shards(dir, n_train, n_val, classes, shard_size, seed)` writes a complete shard directory
+(docs/DESIGN.md, "Shard directory"): 256×256 quality-90 JPEG samples in tars with DALI indexes,
+finished by `shards.finish_shard_dir` like any other (`mean_image.npy`, `pixel_sum.npy`,
+`errors.jsonl` and a manifest whose statistics come from `shards.StatSums` over the training
+images as written, before JPEG encoding, exactly as `preprocess` computes them).
 
 Image kinds:
   "smooth"    low-frequency random colour fields plus mild noise (natural-image-like, so JPEG
@@ -19,9 +20,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from shards import ClassInfo, Manifest, ShardWriter, SplitInfo, StatSums, Stats, sample_key, shard_stem
+from shards import (IMAGE_SIZE, SPLITS, TRAIN, ClassInfo, Manifest, ShardWriter, StatSums, finish_shard_dir,
+                    sample_key, shard_stem)
 
-SIZE = 256
+SIZE = IMAGE_SIZE
 
 
 def make_image(rng: np.random.Generator, kind: str = "smooth") -> np.ndarray:
@@ -58,7 +60,7 @@ def make_shards(
     rng = np.random.default_rng(seed)
     sums = StatSums()
     splits = {}
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n in zip(SPLITS, (n_train, n_val)):
         if n <= 0:
             continue
         infos = []
@@ -66,24 +68,18 @@ def make_shards(
             with ShardWriter(directory, shard_stem(split, len(infos))) as w:
                 for i in range(first, min(n, first + shard_size)):
                     image = make_image(rng, kind)
-                    if split == "train":
+                    if split == TRAIN:
                         sums.add(image)
                     label = i % classes
                     meta = {"src": f"{split}/{i}.JPEG", "wnid": f"n{label:08d}", "size": [SIZE, SIZE]}
                     w.write(sample_key(split, i), encode_jpeg(image, quality), label, meta)
             infos.append(w.info)
-        splits[split] = SplitInfo(samples=n, shards=infos)
-    stats = None
-    if sums.images:
-        derived, mean_image = sums.derive()
-        np.save(f"{directory}/mean_image.npy", mean_image)
-        stats = Stats(**derived, mean_image="mean_image.npy", sums=sums.to_json())
-    manifest = Manifest(
-        image_size=SIZE,
+        splits[split] = infos
+    return finish_shard_dir(
+        directory,
         classes=[ClassInfo(index=c, wnid=f"n{c:08d}", name=f"class {c}") for c in range(classes)],
         params={"size": SIZE, "quality": quality, "seed": seed, "source": "tests/shardkit"},
         splits=splits,
-        stats=stats,
+        sums=sums,
+        image_size=SIZE,
     )
-    manifest.save(directory)
-    return manifest

@@ -251,3 +251,14 @@ def test_plot_curves_reads_training_and_validation_rows(tmp_path):
     info = plot_curves(path, tmp_path / "curves.png")
     assert info == {"train_rows": 30, "val_rows": 3}
     assert _image(tmp_path / "curves.png").shape[1] >= 500
+
+
+def test_neighbours_figure_has_the_papers_five_rows_of_six(run, tmp_path):
+    """Figure 4 (right): five test images, each with the six training images nearest in fc7."""
+    out = make_figures(run["shards"], run["ckpt"], tmp_path / "out", n_predictions=0, n_train=12)
+    shown = json.load(open(out["neighbours_json"]))
+    assert [q["position"] for q in shown["queries"]] == [0, 1, 2, 3, 4]
+    assert all(len(q["neighbours"]) == 6 for q in shown["queries"]) and shown["train_images_searched"] == 12
+    full = _image(out["neighbours"])
+    three = _image(run["out"]["neighbours"])  # the fixture's figure has 3 rows
+    assert full.shape[1] == three.shape[1] and full.shape[0] > three.shape[0] * 1.4

@@ -146,7 +146,7 @@ def _take(loader, n):
     return torch.cat(xs)[:n], torch.cat(ys)[:n].long()
 
 
-def make_figures(shards, checkpoint, out_dir, devices=None, n_predictions=8, n_neighbours=4, n_train=None,
+def make_figures(shards, checkpoint, out_dir, devices=None, n_predictions=8, n_neighbours=5, n_train=None,
                  batch_size=64, k=NEIGHBOURS_K, progress=False):
     """Write the figures of Section 6.1 for a checkpoint; returns {name: path}.
 

@@ -4,7 +4,8 @@ Each part holds the shards n with n % N == i of the same global plan, its exact 
 (manifest `stats.sums` + `pixel_sum.npy`) and its errors. The merged manifest lists every shard
 in order, with the parts' sha256s, and derives the statistics from the summed integers, so it
 equals the manifest of a single run. Shard files are hard-linked (copied where a link is not
-possible, e.g. across file systems) unless `mode` says "copy" or "move".
+possible, e.g. across file systems) unless `mode` says "copy" or "move"; the merged folder is
+finished like any other (shards.finish).
 """
 import errno
 import os
@@ -16,20 +17,25 @@ import numpy as np
 
 from preprocess import outdir
 from preprocess.plan import Part
-from preprocess.run import SPLIT_ORDER, _read_errors, save_stats, write_errors
-from shards.manifest import MANIFEST_NAME, Manifest, ManifestError, SplitInfo
+from shards.errors import UserError
+from shards.files import atomic_write
+from shards.finish import finish_shard_dir, read_errors
+from shards.format import ERRORS_NAME, MANIFEST_NAME, MEAN_IMAGE_NAME, PIXEL_SUM_NAME, SPLITS
+from shards.manifest import Manifest, ManifestError
 from shards.stats import StatSums
 from shards.writer import shard_number
 
 MODES = ("link", "copy", "move")
 
 
-class MergeError(ValueError):
-    """The parts cannot be merged; the message names the part and the reason."""
+class MergeError(UserError, ValueError):
+    """The parts cannot be merged; the message names the part and the reason (exit code 2)."""
 
 
 @dataclass
 class MergeSummary:
+    """What a merge did; `line()` is the one line `alexnet merge` prints."""
+
     out: str
     parts: int
     shards: int
@@ -101,37 +107,33 @@ def _check_out(out: str, parts: List[str], names: set) -> None:
 
 
 def _place(src: str, dst: str, mode: str) -> None:
-    """Put src at dst (via a temporary name, so dst is always complete)."""
+    """Put src at dst, so that dst is always complete: a rename or a hard link is atomic by
+    itself, a copy goes through shards.files.atomic_write (fsynced before a move removes src)."""
     if os.path.exists(dst):
         return  # placed by an earlier, interrupted merge
     if not os.path.exists(src):
         raise MergeError(f"{src}: missing (listed in its part's manifest)")
-    tmp = dst + ".tmp"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    if mode == "move":
-        try:
+    try:
+        if mode == "move":
             os.replace(src, dst)
             return
-        except OSError as e:
-            if e.errno != errno.EXDEV:
-                raise
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-        os.remove(src)
-        return
-    if mode == "link":
-        try:
-            os.link(src, tmp)
-            os.replace(tmp, dst)
+        if mode == "link":
+            os.link(src, dst)
             return
-        except OSError:
-            pass  # another file system, or links not supported: copy
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    except OSError as e:
+        if mode == "move" and e.errno != errno.EXDEV:
+            raise
+        # another file system, or links not supported: copy
+    with open(src, "rb") as f:
+        atomic_write(dst, lambda g: shutil.copyfileobj(f, g, 1 << 20))
+    if mode == "move":
+        os.remove(src)
 
 
 def merge(parts: List[str], out: str, mode: str = "link") -> MergeSummary:
+    """Combine the part folders `parts` (written with `--part i/N`, each i once) into `out` (new or
+    empty), putting the shard files there by `mode` ("link", "copy" or "move"). The result
+    equals a single run's folder. Raises MergeError (exit code 2) when the parts do not fit."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     if not parts:
@@ -139,19 +141,19 @@ def merge(parts: List[str], out: str, mode: str = "link") -> MergeSummary:
     manifests = _load_parts(parts)
     _check(parts, manifests)
     splits = {}
-    for split in SPLIT_ORDER:
+    for split in SPLITS:
         shards = sorted((s for m in manifests if split in m.splits for s in m.splits[split].shards),
                         key=lambda s: s.tar)
         if shards:
-            splits[split] = SplitInfo(samples=sum(s.samples for s in shards), shards=shards)
+            splits[split] = shards
     where = {s.tar: p for p, m in zip(parts, manifests) for sp in m.splits.values() for s in sp.shards}
-    names = {s.tar for sp in splits.values() for s in sp.shards} | {s.index for sp in splits.values() for s in sp.shards}
-    names |= {"errors.jsonl", "mean_image.npy", "pixel_sum.npy"}
+    names = {name for shards in splits.values() for s in shards for name in (s.tar, s.index)}
+    names |= {ERRORS_NAME, MEAN_IMAGE_NAME, PIXEL_SUM_NAME}
     _check_out(out, parts, names)
     os.makedirs(out, exist_ok=True)
 
-    for sp in splits.values():
-        for s in sp.shards:
+    for shards in splits.values():
+        for s in shards:
             for name in (s.index, s.tar):  # the tar last: a final-named tar means a complete pair
                 _place(os.path.join(where[s.tar], name), os.path.join(out, name), mode)
 
@@ -160,15 +162,13 @@ def merge(parts: List[str], out: str, mode: str = "link") -> MergeSummary:
         if m.stats is not None:
             sums = StatSums.from_json(m.stats.sums, np.load(os.path.join(p, m.stats.pixel_sum)), m.image_size)
             total = sums if total is None else total.merge(sums)
-    stats = save_stats(out, total) if total is not None else None
-    rows = [r for p in parts for r in _read_errors(p)]
-    write_errors(out, rows)
+    rows = [r for p in parts for r in read_errors(p)]
     first = manifests[0]
-    merged = Manifest(image_size=first.image_size, classes=first.classes, params=dict(first.params, part=None),
-                      splits=splits, stats=stats, errors=len(rows))
-    merged.save(out)
-    return MergeSummary(out, len(parts), sum(len(s.shards) for s in splits.values()),
-                        sum(s.samples for s in splits.values()), len(rows))
+    finish_shard_dir(out, classes=first.classes, params=dict(first.params, part=None), splits=splits, errors=rows,
+                     sums=total, image_size=first.image_size)
+    outdir.remove_leftovers(out)  # temporaries of an interrupted earlier merge into `out`
+    return MergeSummary(out, len(parts), sum(len(s) for s in splits.values()),
+                        sum(sh.samples for s in splits.values() for sh in s), len(rows))
 
 
 __all__ = ["merge", "MergeError", "MergeSummary", "MODES"]

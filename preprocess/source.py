@@ -18,20 +18,24 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from shards.errors import UserError
+from shards.format import SPLITS, TRAIN, VAL
+
 IMAGE_EXTS = {".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-SPLITS = ("train", "val")
 KAGGLE_ROOT = os.path.join("ILSVRC", "Data", "CLS-LOC")
 
 
 WNID = re.compile(r"n\d{8}")  # a WordNet id, as ImageNet names its class folders
 
 
-class ScanError(ValueError):
-    """SRC is not an ImageNet layout; the message says what is missing."""
+class ScanError(UserError, ValueError):
+    """SRC is not an ImageNet layout; the message says what is missing (exit code 2)."""
 
 
 @dataclass(frozen=True, slots=True)  # 1.28 M of them for ImageNet
 class Item:
+    """One source file: its path, its label and why it cannot be used, if that is known already."""
+
     path: str  # relative to SRC, '/'-separated
     label: int  # class index; -1 when unlabelled (see `problem`)
     wnid: str = ""
@@ -40,6 +44,8 @@ class Item:
 
 @dataclass
 class Source:
+    """What `scan` found in SRC: the classes, their names and the items of each split."""
+
     root: str  # absolute SRC
     wnids: List[str]  # sorted; index = class
     names: Dict[str, str]
@@ -93,7 +99,7 @@ def find_root(src: str) -> Tuple[str, str]:
     if not os.path.isdir(src):
         raise ScanError(f"{src}: no such folder")
     for rel in ("", KAGGLE_ROOT):
-        if os.path.isdir(os.path.join(src, rel, "train")):
+        if os.path.isdir(os.path.join(src, rel, TRAIN)):
             return os.path.join(src, rel), rel
     raise ScanError(f"{src}: no train/ folder (expected the ILSVRC-2012 layout SRC/train/<wnid>/*.JPEG)")
 
@@ -151,23 +157,23 @@ def scan(src: str, splits=SPLITS) -> Source:
     data, rel = find_root(src)
     prefix = f"{rel.replace(os.sep, '/')}/" if rel else ""
     names = read_names(src)
-    train_images = class_folders(os.path.join(data, "train"), names)
+    train_images = class_folders(os.path.join(data, TRAIN), names)
     wnids = list(train_images)
     source = Source(root=src, wnids=wnids, names=names)
     index = {w: i for i, w in enumerate(wnids)}
-    if "train" in splits:
+    if TRAIN in splits:
         # class_folders guarantees at least one image per class
-        source.splits["train"] = [Item(f"{prefix}train/{w}/{name}", index[w], w) for w in wnids
-                                  for name in train_images[w]]
-    if "val" in splits and os.path.isdir(os.path.join(data, "val")):
+        source.splits[TRAIN] = [Item(f"{prefix}{TRAIN}/{w}/{name}", index[w], w) for w in wnids
+                                for name in train_images[w]]
+    if VAL in splits and os.path.isdir(os.path.join(data, VAL)):
         items = _scan_val(src, data, prefix, index)
         if items:
-            source.splits["val"] = items
+            source.splits[VAL] = items
     return source
 
 
 def _scan_val(src: str, data: str, prefix: str, index: Dict[str, int]) -> List[Item]:
-    val = os.path.join(data, "val")
+    val = os.path.join(data, VAL)
     folders = _subdirs(val)
     flat = _images(val)
     items = []
@@ -175,7 +181,7 @@ def _scan_val(src: str, data: str, prefix: str, index: Dict[str, int]) -> List[I
         for name in _images(os.path.join(val, w)):
             label = index.get(w, -1)
             problem = "" if label >= 0 else f"class folder {w} is not a training class"
-            items.append(Item(f"{prefix}val/{w}/{name}", label, w, problem))
+            items.append(Item(f"{prefix}{VAL}/{w}/{name}", label, w, problem))
     if flat:
         solution = _solution_for(src, data)
         if solution is None:
@@ -191,7 +197,7 @@ def _scan_val(src: str, data: str, prefix: str, index: Dict[str, int]) -> List[I
                 problem = "no label in LOC_val_solution.csv"
             elif label < 0:
                 problem = f"LOC_val_solution.csv labels it {w}, not a training class"
-            items.append(Item(f"{prefix}val/{name}", label, w or "", problem))
+            items.append(Item(f"{prefix}{VAL}/{name}", label, w or "", problem))
     return sorted(items, key=lambda it: it.path)
 
 

@@ -1,0 +1,98 @@
+"""shards/finish.py: the one finisher of shard directories. Its files are byte-identical to
+preprocess's, every file the manifest names is written, and the manifest comes last."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from samplekit import single, src  # noqa: F401 (fixtures)
+from shardkit import make_image, make_shards
+from shards import (ClassInfo, Manifest, NothingUsable, StatSums, finish_shard_dir, read_errors,
+                    verify_shard_dir)
+
+
+def test_shardkit_writes_every_file_its_manifest_names_and_verifies(tmp_path):
+    m = make_shards(tmp_path, n_train=10, n_val=4, classes=3, shard_size=4, seed=5)
+    assert Manifest.load(tmp_path) == m
+    named = [s.tar for sp in m.splits.values() for s in sp.shards] + [s.index for sp in m.splits.values() for s in
+                                                                     sp.shards]
+    named += [m.stats.mean_image, m.stats.pixel_sum, "errors.jsonl", "manifest.json"]
+    assert sorted(os.listdir(tmp_path)) == sorted(named)
+    report = verify_shard_dir(tmp_path, workers=1)
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.shards, report.samples) == (4, 14)
+    rng, expect = np.random.default_rng(5), StatSums()
+    for _ in range(10):  # make_shards draws the training images first, in order
+        expect.add(make_image(rng))
+    assert np.array_equal(np.load(tmp_path / m.stats.pixel_sum), expect.pixel_sum)
+    assert np.load(tmp_path / m.stats.mean_image).tobytes() == expect.derive()[1].tobytes()
+    assert m.stats.sums == expect.to_json() and m.errors == 0
+    assert [json.loads(x) for x in open(tmp_path / "errors.jsonl")] == [
+        {"summary": {"errors": 0, "by_split": {"train": 0, "val": 0}}}]
+
+
+def test_shardkit_without_training_images_has_no_statistics(tmp_path):
+    m = make_shards(tmp_path, n_train=0, n_val=3, classes=3, shard_size=4)
+    assert m.stats is None and "train" not in m.splits
+    assert not (tmp_path / "mean_image.npy").exists() and not (tmp_path / "pixel_sum.npy").exists()
+    assert verify_shard_dir(tmp_path).ok
+
+
+def _refinish(single, out, **kw):
+    """Finish `out` (holding a copy of single's shards) from what single's manifest records."""
+    m = Manifest.load(single)
+    for sp in m.splits.values():
+        for s in sp.shards:
+            for name in (s.tar, s.index):
+                shutil.copy(single / name, out / name)
+    sums = StatSums.from_json(m.stats.sums, np.load(single / m.stats.pixel_sum), m.image_size)
+    args = dict(classes=m.classes, params=m.params, splits={k: v.shards for k, v in m.splits.items()},
+                errors=read_errors(single), sums=sums, image_size=m.image_size)
+    return finish_shard_dir(out, **dict(args, **kw))
+
+
+def test_the_finisher_writes_preprocess_output_byte_for_byte(single, tmp_path):
+    errors = read_errors(single)
+    assert len(errors) == 1
+    m = _refinish(single, tmp_path, errors=errors[::-1])  # any order: written sorted
+    for name in ("manifest.json", "errors.jsonl", "mean_image.npy", "pixel_sum.npy"):
+        assert (tmp_path / name).read_bytes() == (single / name).read_bytes(), name
+    assert m == Manifest.load(single)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_statistics_already_written_are_kept(single, tmp_path):
+    m = Manifest.load(single)
+    for name in (m.stats.mean_image, m.stats.pixel_sum):
+        shutil.copy(single / name, tmp_path / name)
+    got = _refinish(single, tmp_path, sums=None, stats=m.stats)
+    assert got.stats == m.stats
+    assert (tmp_path / "manifest.json").read_bytes() == (single / "manifest.json").read_bytes()
+    (tmp_path / "x").mkdir()
+    with pytest.raises(ValueError, match="not both"):
+        _refinish(single, tmp_path / "x", stats=m.stats)
+    assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_a_split_without_shards_gets_errors_and_no_manifest(tmp_path):
+    rows = [{"split": "val", "position": 3, "path": "val/c.JPEG", "reason": "truncated"},
+            {"split": "val", "position": 1, "path": "val/a.JPEG", "reason": "empty file"}]
+    with pytest.raises(NothingUsable, match="every image of the val split failed") as e:
+        finish_shard_dir(tmp_path, classes=[ClassInfo(0, "n00000000", "zero")], params={}, splits={"val": []},
+                         errors=rows)
+    assert e.value.exit_code == 1
+    assert not (tmp_path / "manifest.json").exists()
+    assert read_errors(tmp_path) == rows[::-1]  # sorted by split, then position
+    assert json.loads(open(tmp_path / "errors.jsonl").read().splitlines()[-1]) == {
+        "summary": {"errors": 2, "by_split": {"train": 0, "val": 2}}}
+
+
+def test_the_manifest_is_written_last(tmp_path):
+    """A failure on the way (here an error row of an unknown split) leaves no manifest."""
+    with pytest.raises(ValueError):
+        finish_shard_dir(tmp_path, classes=[ClassInfo(0, "n00000000", "zero")], params={}, splits={},
+                         errors=[{"split": "test", "position": 0}])
+    assert not (tmp_path / "manifest.json").exists()
+    assert read_errors(tmp_path / "nothing-here") == []

@@ -1,0 +1,141 @@
+"""preprocess/transform.py: decoding by content, the exact geometry, damaged files, the encoder.
+
+Every result is compared with a direct reference (Pillow's full resize, then the crop).
+"""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from demo import sample_data
+from preprocess.transform import BadImage, encode, geometry, load
+from samplekit import CLASSES, TRAIN_PER_CLASS, src  # noqa: F401 (src: a fixture)
+
+FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def reference(im: Image.Image, resize_filter="bilinear"):
+    """The obviously-correct transform: full resize to the exact W×H, then the centre crop."""
+    w, h = im.size
+    g = geometry(w, h)
+    big = im.convert("RGB").resize((g.width, g.height), FILTERS[resize_filter])
+    return np.asarray(big.crop((g.left, g.top, g.left + 256, g.top + 256)), np.float64)
+
+
+def psnr(a, b):
+    mse = np.mean((np.asarray(a, np.float64)[..., :3] - b) ** 2)
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def jpeg_bytes(im, **kw):
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def png_bytes(im):
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def photo(w, h, seed=0):
+    """Structured test content: gradient, 8-px checkerboard, noise (a 1-px shift is visible)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    board = (((x // 8) + (y // 8)) % 2) * 60.0
+    a = np.stack([x * 200.0 / w + board, y * 200.0 / h, (x + y) * 100.0 / (w + h) + board], -1)
+    a += rng.normal(0, 6, a.shape)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def test_geometry_is_exact():
+    assert geometry(500, 375) == (341, 256, 42, 0)
+    assert geometry(375, 500) == (256, 341, 0, 42)
+    assert geometry(200, 150) == (341, 256, 42, 0)  # upscaled
+    assert geometry(256, 256) == (256, 256, 0, 0)
+    assert geometry(1600, 333) == (1230, 256, 487, 0)
+    g = geometry(257, 1000)
+    assert g.width == 256 and g.height == round(1000 * 256 / 257) and g.top == (g.height - 256) // 2
+
+
+@pytest.mark.parametrize("resize_filter", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size,fmt,min_db", [
+    ((1200, 700), "jpeg", 33.0),  # DCT-scaled decode (4/8), then the box resample
+    ((700, 1100), "jpeg", 33.0),  # portrait
+    ((180, 120), "jpeg", 99.0),  # upscaled: decoded at full size, equals the full resize
+    ((640, 480), "png", 99.0),  # the Pillow path: equals the full resize
+])
+def test_geometry_against_full_resize(size, fmt, min_db, resize_filter):
+    im = photo(*size)
+    data = jpeg_bytes(im, quality=95) if fmt == "jpeg" else png_bytes(im)
+    pixels, got_size = load(data, resize_filter=resize_filter)
+    assert got_size == size and pixels.shape == (256, 256, 4) and pixels.dtype == np.uint8
+    ref = reference(Image.open(io.BytesIO(data)), resize_filter)
+    if min_db >= 99:
+        assert np.abs(pixels[..., :3] - ref).max() <= 1
+    else:
+        assert psnr(pixels, ref) > min_db
+    # the test has teeth: the same image one pixel off is far worse
+    assert psnr(pixels[:, 1:], ref[:, :-1]) < min(psnr(pixels, ref), 99) - 6
+
+
+def test_odd_sample_files_decode_like_pillow(src):
+    odd = sample_data.odd_positions(CLASSES, TRAIN_PER_CLASS)
+    for kind, (k, i) in odd.items():
+        path = src / "train" / sample_data.wnid(k) / f"{sample_data.wnid(k)}_{i}.JPEG"
+        data = path.read_bytes()
+        if kind == "truncated":
+            with pytest.raises(BadImage, match="truncated"):
+                load(data)
+            continue
+        pixels, size = load(data)
+        im = Image.open(path)
+        if im.mode == "I;16":  # scaled to 8 bits, not clipped
+            im = Image.fromarray(np.rint(np.asarray(im) / 257.0).astype(np.uint8))
+        ref = reference(im)
+        assert size == im.size
+        assert psnr(pixels, ref) > 35, kind
+        if kind in ("cmyk", "png", "palette", "rgba", "gray16"):  # Pillow path: exact
+            assert np.abs(pixels[..., :3] - ref).max() <= 1, kind
+        if kind in ("grayscale", "gray16"):
+            assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
+
+
+def test_odd_modes_made_here():
+    rgb = photo(300, 260, seed=1)
+    palette = rgb.quantize(colors=32)
+    rgba = rgb.copy()
+    rgba.putalpha(200)
+    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257))  # full 16-bit range
+    assert grey16.mode == "I;16"
+    for im, expect in [(palette, palette.convert("RGB")), (rgba, rgb), (grey16, rgb.convert("L"))]:
+        pixels, _ = load(png_bytes(im))
+        assert np.abs(pixels[..., :3] - reference(expect)).max() <= 1, im.mode
+    # a PNG named .JPEG and a JPEG named .png are decoded by content
+    pixels, _ = load(png_bytes(rgb))
+    assert np.abs(pixels[..., :3] - reference(rgb)).max() <= 1
+
+
+def test_damaged_files_raise():
+    data = jpeg_bytes(photo(400, 300), quality=90)
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    for cut in (0.3, 0.9, 0.999):
+        with pytest.raises(BadImage, match="truncated"):
+            load(data[: int(len(data) * cut)])
+    with pytest.raises(BadImage, match="empty"):
+        load(b"")
+    with pytest.raises(BadImage, match="not an image"):
+        load(b"<html>not an image</html>")
+    with pytest.raises(BadImage):
+        load(png_bytes(photo(100, 100))[:300])
+
+
+def test_encoded_jpeg_is_baseline_256_rgb():
+    pixels, _ = load(jpeg_bytes(photo(500, 375)))
+    data = encode(pixels, 90)
+    assert b"\xff\xc0" in data and b"\xff\xc2" not in data  # SOF0 baseline, no SOF2 progressive
+    im = Image.open(io.BytesIO(data))
+    assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (256, 256))
+    assert psnr(np.asarray(im), pixels[..., :3].astype(np.float64)) > 30  # q90, 4:2:0, a hard test image

@@ -1,0 +1,68 @@
+"""shards/verify.py: the library check behind `alexnet verify` returns a report and prints nothing
+(the command's own output: tests/cli/test_shards_cli.py)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from samplekit import shards_dir  # noqa: F401 (a fixture)
+from shards import ManifestError, VerifyReport, verify_shard_dir
+
+
+@pytest.fixture
+def damaged(shards_dir, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(shards_dir, out)
+    return out
+
+
+def test_fresh_output_is_ok_and_counted(shards_dir, capsys):
+    report = verify_shard_dir(shards_dir, workers=1)
+    assert isinstance(report, VerifyReport) and report.ok and report.problems == []
+    assert (report.shards, report.samples, report.splits) == (4, 13, {"train": 9, "val": 4})
+    assert report.line() == f"ok: {shards_dir}: 4 shards, 13 samples (train 9, val 4), all checks passed"
+    assert capsys.readouterr() == ("", "")
+    calls = []
+    assert verify_shard_dir(shards_dir, workers=2, progress=lambda d, t: calls.append((d, t))).ok
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
+def test_damage_is_named_file_by_file(damaged):
+    tar = damaged / "train-000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
+    (damaged / "val-000000.idx").unlink()
+    report = verify_shard_dir(damaged, workers=1)
+    assert not report.ok
+    text = [str(p) for p in report.problems]
+    assert any(t.startswith("train-000001.tar: sha256 differs") for t in text), text
+    assert "val-000000.idx: missing" in text
+    assert report.line().startswith(f"verify: {len(report.problems)} problem(s) in {damaged} (4 shards, ")
+
+
+def test_the_statistics_files_are_checked(damaged):
+    m = json.load(open(damaged / "manifest.json"))
+    pixel_sum = np.load(damaged / "pixel_sum.npy")
+    np.save(damaged / "pixel_sum.npy", pixel_sum[:8])
+    assert [str(p) for p in verify_shard_dir(damaged).problems] == [
+        "pixel_sum.npy: shape (8, 256, 3), expected (256, 256, 3)"]
+    pixel_sum[0, 0, 0] += 1
+    np.save(damaged / "pixel_sum.npy", pixel_sum)
+    assert [str(p) for p in verify_shard_dir(damaged).problems] == [
+        "pixel_sum.npy: its total differs from the manifest's stats.sums"]
+    pixel_sum[0, 0, 0] -= 1
+    np.save(damaged / "pixel_sum.npy", pixel_sum)
+    mean = np.load(damaged / "mean_image.npy")
+    mean[5, 5, 1] += 0.01
+    np.save(damaged / "mean_image.npy", mean)
+    assert [str(p) for p in verify_shard_dir(damaged).problems] == [
+        "mean_image.npy: differs from pixel_sum.npy / (images · 255)"]
+    (damaged / "mean_image.npy").unlink()
+    (damaged / "pixel_sum.npy").unlink()
+    assert [str(p) for p in verify_shard_dir(damaged).problems] == ["mean_image.npy: missing", "pixel_sum.npy: missing"]
+    assert m["stats"]["mean_image"] == "mean_image.npy" and m["stats"]["pixel_sum"] == "pixel_sum.npy"
+
+
+def test_an_unusable_manifest_raises(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest"):
+        verify_shard_dir(tmp_path)
