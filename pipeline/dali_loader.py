@@ -26,6 +26,23 @@ from pipeline.plan import EpochLoader, LoaderOptions, open_split, resolve_option
 from shards import Manifest
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def read_error(options, error):
+    """DALI's multi-line reader or decoder error as one line (shards.Damage, exit 1)."""
+    from shards.errors import Damage
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    noise = ("Critical error in pipeline", "Current pipeline object", "File ", "which was used")
+    operator = next((line.split("`")[1] for line in lines if line.startswith("Error in") and "`" in line), None)
+    if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
+        cause = lines[lines.index("encountered:") + 1]
+    else:
+        cause = next((line for line in lines if not line.startswith(noise)), repr(error))
+    cause = cause.split("failed: ", 1)[-1]
+    where = f"{operator.removeprefix('nvidia.dali.fn.')}: " if operator else ""
+    return Damage(f"{options.out}: DALI could not read the {options.split} shards ({where}{cause[:300]}); "
+                  f"run `alexnet verify {options.out}`")
 MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 
 
@@ -72,16 +89,21 @@ class DaliLoader(EpochLoader):
         epoch = self.epoch
         self.epoch += 1
         plan = self.plan(epoch)
-        pipe, it = self._take(epoch)
+        pipe = it = failure = None
         try:
+            pipe, it = self._take(epoch)
             for b, batch in enumerate(it):
                 if b >= plan.batches:
                     break
                 if b == 0 and self.prepare_next:
                     self._prepare(self.epoch)  # the epoch a plain loop iterates next
                 yield self._finish(batch[0]["images"]), self._labels(batch[0]["labels"])
+        except RuntimeError as e:  # DALI's reader or decoder: the shards are damaged
+            failure = read_error(self.options, e)
         finally:
             del it, pipe
+        if failure is not None:  # raised here, with no reference left to DALI's broken pipeline
+            raise failure
 
     def close(self) -> None:
         """Drop a pipeline prepared for the next epoch and stop the builder thread."""

@@ -16,6 +16,7 @@ the way DALI's reader cuts it (slice s = samples [N·s//W, N·(s+1)//W)).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -126,13 +127,40 @@ def _check(batch_size, rank, world_size, seed, mean) -> None:
 
 
 def open_split(options: LoaderOptions) -> Manifest:
-    """The manifest, checked to hold the split and at least one batch per rank (else one-line errors)."""
+    """The manifest, checked to hold the split, its files and at least one batch per rank (else
+    one-line errors: ValueError for a request that does not fit, shards.Damage for files)."""
     manifest = Manifest.load(options.out)
-    n = manifest.split(options.split).samples
+    split = manifest.split(options.split)
+    n = split.samples
     if options.plan(n, 0).batches == 0:
         raise ValueError(f"split {options.split!r} has {n} samples: too few for one batch of {options.batch_size} "
                          f"on each of {options.world_size} rank(s)")
+    check_split_files(options.out, split)
     return manifest
+
+
+def check_split_files(directory, split) -> None:
+    """shards.Damage (exit 1, one line naming the file) when a shard of `split` is missing its tar
+    or index, or its index does not fit its tar (a truncated or replaced file). Sizes only, no
+    hashes: a cheap check before a reader is handed the paths; `alexnet verify` checks all."""
+    from shards.errors import Damage
+    from shards.writer import read_index
+
+    hint = f"run `alexnet verify {directory}`, then preprocess again to repair it"
+    for shard in split.shards:
+        tar, idx = (os.path.join(str(directory), name) for name in (shard.tar, shard.index))
+        for path in (tar, idx):
+            if not os.path.isfile(path):
+                raise Damage(f"{path}: missing from the shard directory; {hint}")
+        try:
+            index = read_index(idx)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            raise Damage(f"{idx}: not a readable DALI index ({e}); {hint}") from None
+        if len(index) != shard.samples:
+            raise Damage(f"{idx}: indexes {len(index)} samples, the manifest says {shard.samples}; {hint}")
+        end = max((offset + size for sample in index for _, offset, size, _ in sample), default=0)
+        if end > os.path.getsize(tar):
+            raise Damage(f"{tar}: truncated ({os.path.getsize(tar)} bytes; its index reaches byte {end}); {hint}")
 
 
 class EpochLoader:

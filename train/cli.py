@@ -69,6 +69,26 @@ def _saved_settings(last, settings):
             if k in was and ctx.get_parameter_source(PARAM_OF_FIELD.get(k, k)) == ParameterSource.DEFAULT}
 
 
+def _output_dir(path, option):
+    """One line before any work when `option`'s folder cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{option} {path}: exists and is not a folder; choose another {option}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UserError(f"{option} {path}: cannot be created ({parent} is not a writable folder)")
+
+
+def _output_file(path, option):
+    """One line before any work when `option`'s file cannot be written (its folder must exist)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"{option} {path}: is a folder; give a file name, e.g. {os.path.join(path, 'out.png')}")
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UserError(f"{option} {path}: its folder {parent} does not exist or is not writable")
+
+
 def _check_shards(shards, split=None):
     from shards import Manifest, ManifestError
 
@@ -157,6 +177,7 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
       torchrun --nproc-per-node 4 -m alexnet_cli train /data/shards --out runs/dp
     """
     _check_shards(shards, "train")
+    _output_dir(out, "--out")
     last = os.path.join(out, "last.pt")
     if resume and not os.path.exists(last):
         raise UserError(f"--resume: {last} does not exist (start without --resume)")
@@ -252,6 +273,8 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
     from train.profile import format_table, plot_profile, run_profile
 
     _check_shards(shards, "train")
+    if plot:
+        _output_file(plot, "--plot")
     devices, first = _placement(device)
     _library_errors(build_loader, shards, "train", batch_size, device=str(first),
                     mean=input_norm_for(init)).close()  # one-line errors first
@@ -289,6 +312,7 @@ def figures(shards, checkpoint, out, device):
     from train.figures import make_figures
 
     m = _check_shards(shards, "val")
+    _output_dir(out, "--out")
     devices, _ = _placement(device)
     state = _library_errors(load_checkpoint, checkpoint, mmap=True)
     _library_errors(check_classes, checkpoint, state, shards, m)  # before any PNG is written
@@ -317,6 +341,7 @@ def report(runs, as_json, plot):
     """
     from train.report import format_markdown, plot_report, report as make_report, to_json
 
+    _output_file(plot, "--plot")
     rep = _library_errors(make_report, runs)
     plot_report(rep, plot)
     click.echo(f"report: curves written to {plot}", err=True)
