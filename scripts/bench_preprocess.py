@@ -4,7 +4,7 @@ The peer is the script everyone writes first: open -> convert("RGB") -> bicubic 
 whole image -> centre crop -> JPEG q90 -> tar, one image after another in one process. Both are
 timed as complete commands (interpreter start-up included) on the same photo-like JPEGs, and the
 quality of `alexnet preprocess` is checked as the PSNR of its shards against the peer's bicubic
-reference (the exact geometry of DESIGN.md, Contract 1, before JPEG encoding).
+reference (the exact geometry of docs/DESIGN.md, "Shard directory", before JPEG encoding).
 
     python scripts/bench_preprocess.py --pin                # 600 generated photos, one core each
     python scripts/bench_preprocess.py --workers 1 2 --filters bilinear bicubic --repeat 3

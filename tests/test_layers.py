@@ -51,3 +51,18 @@ def test_every_package_is_installed():
     include = set(cfg["options.packages.find"]["include"].split())
     for package in ALLOWED:
         assert {package, f"{package}.*"} <= include, package
+
+
+def test_design_citations_name_sections_of_the_design():
+    """Comments cite docs/DESIGN.md by section; each cited section exists (and nothing cites a
+    design file outside the repository)."""
+    import re
+
+    sections = set(re.findall(r"^## (.+)$", (ROOT / "docs" / "DESIGN.md").read_text(), re.M))
+    cited = set()
+    for package in [*ALLOWED, "scripts"]:
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            cited |= set(re.findall(r'docs/DESIGN\.md,? *"([^"]+)"', text))
+            assert "Contract " not in text, f"{path} cites the old design's contracts"
+    assert cited and cited <= sections, cited - sections
