@@ -58,7 +58,7 @@ class PipelineSpec:
     num_threads: int
     prefetch: int
     ten_crop: bool
-    mean: str  # "image" or "channel"
+    mean: str  # "image" or "channel" ("none": no normalisation, for pipeline.stages)
     mean_image: Optional[np.ndarray]  # float32 256×256×3 in 0–255 units ("image")
     channel_mean: Sequence[float]  # 0–255 units ("channel")
     channel_std: Sequence[float]  # 0–255 units ("channel")
@@ -67,6 +67,7 @@ class PipelineSpec:
     layout: str  # "CHW" or "HWC" (channels-last)
     initial_fill: int = 4096  # shuffle buffer, in samples
     hw_decoder_load: float = 0.65  # share of JPEGs for the hardware decoder (A100/H100)
+    stop: str = "views"  # the last stage built: "read", "decode" or "views" (the whole graph; pipeline.stages)
 
     @property
     def gpu(self) -> bool:
@@ -87,7 +88,13 @@ def build_pipeline(spec: PipelineSpec, source: Callable):
                     seed=spec.seed, prefetch_queue_depth=spec.prefetch)
     with pipe:  # DALI seeds its ops from spec.seed in creation order: the reader (the only random op) first
         jpegs, cls = read(spec)
+        if spec.stop == "read":  # the truncated graphs `alexnet profile --stages` times
+            pipe.set_outputs(jpegs, labels(cls))
+            return pipe
         images = decode(spec, jpegs)
+        if spec.stop == "decode":
+            pipe.set_outputs(images, labels(cls))
+            return pipe
         args = per_sample_args(spec, source)
         images, mean, std = normalisation(spec, images, args)
         pipe.set_outputs(views(spec, images, args, mean, std), labels(cls))
@@ -134,6 +141,8 @@ def normalisation(spec: PipelineSpec, images, args: list):
     lighting the mean is the per-sample one from the host."""
     if spec.mean == "image":
         images, mean, std = subtract_mean_image(spec, images), 0.0, 1.0
+    elif spec.mean == "none":  # crop, mirror and the float conversion only (pipeline.stages)
+        mean, std = 0.0, 1.0
     else:
         mean, std = list(spec.channel_mean), list(spec.channel_std)
     if spec.per_sample_mean:

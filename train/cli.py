@@ -258,8 +258,11 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
 @click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Batches excluded before timing.")
 @click.option("--peer-workers", type=click.IntRange(1), default=None, help="Reference loader workers (default: cores, at most 16).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line of stdout.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of img/s per batch for each measurement.")
-def profile(shards, device, width, init, batch_size, batches, warmup, peer_workers, as_json, plot):
+@click.option("--stages", is_flag=True,
+              help="Also time the training graph cut after each stage: read, decode, crop, mean_image, lighting, torch.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="PNG of img/s per batch for each measurement (with --stages: of each stage's img/s and share).")
+def profile(shards, device, width, init, batch_size, batches, warmup, peer_workers, as_json, stages, plot):
     """Measure input throughput against model throughput on SHARDS, and against a stock loader.
 
     The model runs the training step of `alexnet train` with its defaults (Section 5's SGD).
@@ -268,9 +271,10 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
     Examples:
       alexnet profile /data/shards --device cuda --batch-size 256 --plot profile.png
       alexnet profile shards --device cpu --width 0.25 --init kaiming --batch-size 32 --batches 10 --json
+      alexnet profile /data/shards --device cuda --batch-size 256 --stages --plot stages.png
     """
     from pipeline import build_loader
-    from train.profile import format_table, plot_profile, run_profile
+    from train.profile import format_table, plot_profile, plot_stages, run_profile
 
     _check_shards(shards, "train")
     if plot:
@@ -280,9 +284,10 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
                     mean=input_norm_for(init)).close()  # one-line errors first
     say = (lambda m: click.echo(m, err=True))
     cfg = TrainConfig(shards=shards, width=width, init=init, batch_size=batch_size, device=device)
-    r = run_profile(cfg, devices=devices, batches=batches, warmup=warmup, peer_workers=peer_workers, progress=say)
+    r = run_profile(cfg, devices=devices, batches=batches, warmup=warmup, peer_workers=peer_workers, progress=say,
+                    stages=stages)
     if plot:
-        plot_profile(r, plot)
+        (plot_stages if stages else plot_profile)(r, plot)
         say(f"profile: plot written to {plot}")
     if as_json:
         slim = {k: ({kk: vv for kk, vv in v.items() if kk != "per_batch_img_s"} if isinstance(v, dict) else v)

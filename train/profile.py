@@ -45,10 +45,12 @@ def _summary(times, sizes):
             "per_batch_img_s": [s / t for s, t in zip(sizes, times)]}
 
 
-def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, progress=print):
+def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, progress=print, stages=False):
     """The four measurements of the module docstring, for the model and loader that `cfg` (a
     TrainConfig: shards, width, init, batch size, amp, channels-last) describes, on `devices`
-    (train.launch.resolve_devices; None for the CPU). The model runs the trainer's own step."""
+    (train.launch.resolve_devices; None for the CPU). The model runs the trainer's own step.
+    `stages`: also time the training graph cut after each stage (pipeline.stages), under
+    result["stages"]."""
     from pipeline import build_loader
     from pipeline.draws import CROP
     from pipeline.reference import build_reference_loader
@@ -65,8 +67,13 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
               "amp_bf16": bool(cfg.amp and device.type == "cuda")}
 
     progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {n})")
-    loader = build_loader(cfg.shards, "train", n, device=str(device), memory_format=mf, mean=cfg.input_norm)
+    loader = build_loader(cfg.shards, "train", n, device=str(device), memory_format=mf, mean=cfg.input_norm,
+                          lighting=cfg.lighting)
     result["pipeline"] = _summary(*_time_loader(loader, batches, warmup, device))
+    if stages:
+        from pipeline.stages import profile_stages
+
+        result["stages"] = profile_stages(loader, batches, warmup, progress)
 
     progress("profile: model alone on synthetic input")
     model = build_model(cfg, manifest.num_classes, devices)
@@ -137,6 +144,36 @@ def plot_profile(result, path):
     return path
 
 
+def plot_stages(result, path):
+    """Bars of each stage's img/s, and of its share of the loader's time per batch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["stages"])
+    rates = [result["stages"][k]["img_s"] for k in names]
+    shares = [100 * result["stages"][k]["share"] for k in names]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    a1.bar(names, rates, color="#1f77b4")
+    a1.axhline(result["model"]["img_s"], color="#d62728", ls="--", lw=1.2,
+               label=f"model alone: {result['model']['img_s']:.0f} img/s")
+    a1.set_yscale("log")
+    a1.set(ylabel="images / s (log scale)", title="the training graph cut after each stage")
+    a1.legend(fontsize=8)
+    worst = max(range(len(names)), key=lambda i: shares[i])
+    a2.bar(names, shares, color=["#d62728" if i == worst else "#7f7f7f" for i in range(len(names))])
+    a2.set(ylabel="% of the loader's time per batch", title=f"each stage's own cost ({names[worst]} bounds the input)")
+    for a in (a1, a2):
+        a.tick_params(axis="x", rotation=20)
+        a.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"input stages on {result['device']}, batch {result['batch_size']}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def format_table(r):
     rows = [
         ("pipeline alone", r["pipeline"]["img_s"], ""),
@@ -150,4 +187,10 @@ def format_table(r):
                  f"pipeline / reference = {r['pipeline']['img_s'] / r['peer']['img_s']:.2f}x")
     lines.append(f"({r['warmup_batches']} warm-up batches excluded from every figure; "
                  f"{r['peer']['warmup_batches']} for the reference loader, until each worker has delivered)")
+    if "stages" in r:
+        lines += ["", f"{'stage (cumulative)':<34}{'img/s':>10}{'ms/batch':>10}{'own share':>11}"]
+        lines += [f"{k:<34}{v['img_s']:>10.0f}{v['ms_per_batch']:>10.1f}{100 * v['share']:>10.0f}%"
+                  for k, v in r["stages"].items()]
+        worst = max(r["stages"], key=lambda k: r["stages"][k]["share"])
+        lines.append(f"the input is bound by: {worst}")
     return "\n".join(lines)

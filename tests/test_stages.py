@@ -1,0 +1,89 @@
+"""The training graph cut after each stage (pipeline/stages.py): each cut computes what the
+stages before it compute, checked against numpy on the cut before it, and the last DALI cut is
+the loader's own graph."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from alexnet_cli import main as cli
+from shardkit import make_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stages")
+    make_shards(d, n_train=24, n_val=4, classes=4, shard_size=12, seed=5)
+    return str(d)
+
+
+def _outputs(loader, stage):
+    from pipeline.stages import stage_pipeline
+
+    pipe = stage_pipeline(loader, stage)
+    images, labels = pipe.run()
+    return np.stack([np.asarray(images[i]) for i in range(len(images))]), labels
+
+
+def test_each_cut_adds_exactly_its_stage(shards):
+    from pipeline import build_loader
+    from pipeline.draws import CROP
+
+    loader = build_loader(shards, "train", 6, device="cpu", lighting=0.1, mean="image")
+    crop = _outputs(loader, "crop")[0]            # N×3×224×224 float32, no normalisation
+    mean_image = _outputs(loader, "mean_image")[0]
+    lighting = _outputs(loader, "lighting")[0]
+    draws = loader.draws(0)
+    m = loader.norm.mean_image                     # 256×256×3 in 0–255 units
+    for i in range(6):
+        x0, y0 = int(draws.x0[i]), int(draws.y0[i])
+        mean = m[y0:y0 + CROP, x0:x0 + CROP].transpose(2, 0, 1)
+        if draws.mirror[i]:
+            mean = mean[:, :, ::-1]
+        np.testing.assert_allclose(mean_image[i], crop[i] - mean, atol=1e-3)   # the mean image, cropped and mirrored
+        offset = loader.norm.offsets255(draws.alpha[i:i + 1])[0]
+        np.testing.assert_allclose(lighting[i], mean_image[i] + offset[:, None, None], atol=1e-3)  # Section 4.1
+    assert crop.min() >= 0 and crop.max() <= 255 and np.all(crop == np.round(crop))  # uint8 values, as floats
+    # the lighting cut is the loader's graph: its first batch is the loader's first batch
+    images, _ = next(iter(loader))
+    np.testing.assert_array_equal(lighting, images.numpy())
+
+
+def test_read_and_decode_cuts(shards):
+    from pipeline import build_loader
+
+    loader = build_loader(shards, "train", 6, device="cpu")
+    jpegs = _outputs_raw(loader, "read")
+    assert all(j[:2].tobytes() == b"\xff\xd8" for j in jpegs)  # JPEG bytes, as read
+    decoded = _outputs_raw(loader, "decode")
+    assert all(d.shape == (256, 256, 3) and d.dtype == np.uint8 for d in decoded)
+
+
+def _outputs_raw(loader, stage):
+    from pipeline.stages import stage_pipeline
+
+    images, _ = stage_pipeline(loader, stage).run()
+    return [np.asarray(images[i]) for i in range(len(images))]
+
+
+def test_profile_stages_json_table_and_plot(shards, tmp_path):
+    png = tmp_path / "stages.png"
+    r = CliRunner().invoke(cli, ["profile", shards, "--device", "cpu", "--width", "0.125", "--init", "kaiming",
+                                 "--batch-size", "4", "--batches", "3", "--warmup", "1", "--stages", "--json",
+                                 "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert list(out["stages"]) == ["read", "decode", "crop", "mean_image", "lighting", "torch"]
+    for k in ("pipeline", "model", "end_to_end", "peer", "data_wait"):  # the other figures stay
+        assert k in out
+    shares = [v["share"] for v in out["stages"].values()]
+    assert all(v["img_s"] > 0 for v in out["stages"].values()) and all(0 <= s for s in shares)
+    assert out["stages"]["read"]["img_s"] > out["stages"]["decode"]["img_s"]  # decoding costs something
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size[0] > 600
+    table = CliRunner().invoke(cli, ["profile", shards, "--device", "cpu", "--width", "0.125", "--init", "kaiming",
+                                     "--batch-size", "4", "--batches", "2", "--warmup", "1", "--stages"]).stdout
+    assert "the input is bound by:" in table and "mean_image" in table
