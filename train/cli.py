@@ -9,6 +9,7 @@ import click
 
 from shards.errors import UserError
 from train.config import COLUMNS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig, input_norm_for
+from shards.format import TRAIN, VAL
 from train.launch import DEVICE_CHOICES
 
 # TrainConfig is the only source of defaults: every option of a TrainConfig field takes it from here
@@ -176,7 +177,7 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
       alexnet train shards --device cpu --width 0.25 --init kaiming --batch-size 32 --epochs 8
       torchrun --nproc-per-node 4 -m alexnet_cli train /data/shards --out runs/dp
     """
-    _check_shards(shards, "train")
+    _check_shards(shards, TRAIN)
     _output_dir(out, "--out")
     last = os.path.join(out, "last.pt")
     if resume and not os.path.exists(last):
@@ -232,7 +233,7 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
     """
     from train.evaluate import evaluate_checkpoints, record_evaluation
 
-    _check_shards(shards, "val")
+    _check_shards(shards, VAL)
     devices, _ = _placement(device)
     r = _library_errors(evaluate_checkpoints, shards, checkpoints, ten_crop=ten_crop, devices=devices,
                         batch_size=batch_size)
@@ -276,11 +277,11 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
     from pipeline import build_loader
     from train.profile import format_table, plot_profile, plot_stages, run_profile
 
-    _check_shards(shards, "train")
+    _check_shards(shards, TRAIN)
     if plot:
         _output_file(plot, "--plot")
     devices, first = _placement(device)
-    _library_errors(build_loader, shards, "train", batch_size, device=str(first),
+    _library_errors(build_loader, shards, TRAIN, batch_size, device=str(first),
                     mean=input_norm_for(init)).close()  # one-line errors first
     say = (lambda m: click.echo(m, err=True))
     cfg = TrainConfig(shards=shards, width=width, init=init, batch_size=batch_size, device=device)
@@ -316,7 +317,7 @@ def figures(shards, checkpoint, out, device):
     from train.checkpoint import check_classes, load_checkpoint
     from train.figures import make_figures
 
-    m = _check_shards(shards, "val")
+    m = _check_shards(shards, VAL)
     _output_dir(out, "--out")
     devices, _ = _placement(device)
     state = _library_errors(load_checkpoint, checkpoint, mmap=True)

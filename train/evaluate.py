@@ -90,21 +90,21 @@ def evaluate_checkpoints(shards, checkpoints, ten_crop=False, devices=None, batc
     settings or an unreadable file; FileNotFoundError for a missing one. `step` is the step of
     each checkpoint (a list for an ensemble)."""
     from pipeline import build_loader
-    from shards import Manifest
+    from shards import VAL, Manifest
     from train.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 
     checkpoints = [str(c) for c in checkpoints]
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
     manifest = Manifest.load(shards)
-    manifest.split("val")
+    manifest.split(VAL)
     for path in checkpoints:  # every one is checked before any is evaluated
         check_classes(path, load_checkpoint(path, mmap=True), shards, manifest)
     device = devices[0] if devices else "cpu"
     total, labels, steps = None, None, []
     for path in checkpoints:
         model, state = model_from_checkpoint(path, devices=devices)
-        loader = build_loader(shards, "val", batch_size, device=device, ten_crop=ten_crop,
+        loader = build_loader(shards, VAL, batch_size, device=device, ten_crop=ten_crop,
                               mean=model.config["input_norm"])
         try:
             probs, y = predict(model, loader, device)

@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from shards.format import TRAIN, VAL
+
 from pipeline import CROP
 from train.plots import kernel_mosaic, plot_curves, plot_kernels, plot_neighbours, plot_predictions, read_metrics
 
@@ -224,10 +226,10 @@ class _Figures:
         """The first n validation (inputs, labels), or None (with a note) when there are none."""
         if n <= 0:
             return None
-        if not self._has("val"):
+        if not self._has(VAL):
             self.notes.append("predictions and neighbours skipped: the shard directory has no validation split")
             return None
-        return _take(self.loader("val"), n)
+        return _take(self.loader(VAL), n)
 
     def predictions(self, x, y):
         """Figure 4, left: the top-5 labels with their probabilities."""
@@ -243,15 +245,15 @@ class _Figures:
         """Figure 4, right: the k training images nearest each query in fc7's feature space."""
         import torch
 
-        if not self._has("train"):
+        if not self._has(TRAIN):
             self.notes.append("neighbours skipped: the shard directory has no training split")
             return
         with torch.no_grad():
             _, qf = self.model(qx, return_features=True)
         search = NeighbourSearch(qf.float(), k=k)
         # validation mode: centre crops, no flips, no lighting, shard order, every image once
-        train = self.loader("train", augment=False, lighting=0.0, shuffle=False, drop_last=False)
-        limit = n_train if n_train is not None else self.manifest.splits["train"].samples
+        train = self.loader(TRAIN, augment=False, lighting=0.0, shuffle=False, drop_last=False)
+        limit = n_train if n_train is not None else self.manifest.splits[TRAIN].samples
         self._search(search, train, limit, progress)
         path = self.path("neighbours.png")
         plot_neighbours(self.show(qx), qy.tolist(), search.images, search.labels.numpy(), self.names, path)

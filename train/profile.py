@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from shards.format import TRAIN
 from train.step import build_model, build_optimizer, memory_format_for, train_step
 from train.timing import Clock
 
@@ -37,6 +38,29 @@ def _time_loader(loader, n, warmup, device):
         if i >= warmup:
             sizes.append(images.shape[0])
     return clock.intervals(), sizes
+
+
+def _time_steps(step, batches, warmup, device):
+    """`_summary` of training steps on `batches` (an iterable of (images, labels)), warm-up
+    excluded, with the fraction of the steps' time the host waited for the next batch."""
+    clock, waits, sizes = Clock(device), [], []
+    batches = iter(batches)
+    i = 0
+    while True:
+        t = time.perf_counter()
+        try:
+            images, labels = next(batches)  # the host blocks here only when data is late
+        except StopIteration:
+            break
+        if i >= warmup:
+            waits.append(time.perf_counter() - t)
+            sizes.append(images.shape[0])
+        step(images, labels)
+        if i >= warmup - 1:
+            clock.mark()
+        i += 1
+    times = clock.intervals()
+    return {**_summary(times, sizes), "data_wait": min(1.0, sum(waits) / sum(times))}
 
 
 def _summary(times, sizes):
@@ -67,7 +91,7 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
               "amp_bf16": bool(cfg.amp and device.type == "cuda")}
 
     progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {n})")
-    loader = build_loader(cfg.shards, "train", n, device=str(device), memory_format=mf, mean=cfg.input_norm,
+    loader = build_loader(cfg.shards, TRAIN, n, device=str(device), memory_format=mf, mean=cfg.input_norm,
                           lighting=cfg.lighting)
     result["pipeline"] = _summary(*_time_loader(loader, batches, warmup, device))
     if stages:
@@ -85,34 +109,15 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
     scale = 60.0 if cfg.input_norm == "image" else 1.0  # the loader's output scale
     x = torch.randn(n, 3, CROP, CROP, device=device).mul_(scale).contiguous(memory_format=mf)
     y = torch.randint(0, manifest.num_classes, (n,), device=device)
-    clock = Clock(device)
-    for i in range(batches + warmup):
-        step(x, y)
-        if i >= warmup - 1:
-            clock.mark()
-    times = clock.intervals()
-    result["model"] = _summary(times, [n] * len(times))
+    result["model"] = _time_steps(step, ((x, y) for _ in range(batches + warmup)), warmup, device)
 
     progress("profile: pipeline feeding the model")
-    clock, waits, sizes = Clock(device), [], []
-    batches_iter = _batches(loader, batches + warmup)
-    for i in range(batches + warmup):
-        t = time.perf_counter()
-        images, labels = next(batches_iter)  # the host blocks here only when data is late
-        if i >= warmup:
-            waits.append(time.perf_counter() - t)
-            sizes.append(images.shape[0])
-        step(images, labels)
-        if i >= warmup - 1:
-            clock.mark()
-    times = clock.intervals()
-    result["end_to_end"] = _summary(times, sizes)
+    result["end_to_end"] = _time_steps(step, _batches(loader, batches + warmup), warmup, device)
     loader.close()
-    result["data_wait"] = min(1.0, sum(waits) / sum(times))
-    result["end_to_end"]["data_wait"] = result["data_wait"]
+    result["data_wait"] = result["end_to_end"]["data_wait"]
 
     progress(f"profile: reference loader (webdataset + PIL + DataLoader, {peer_workers} workers)")
-    peer = build_reference_loader(cfg.shards, "train", n, num_workers=peer_workers, mean=cfg.input_norm)
+    peer = build_reference_loader(cfg.shards, TRAIN, n, num_workers=peer_workers, mean=cfg.input_norm)
     # every worker's first batch is built during start-up: warm up until all have delivered
     peer_warmup = max(warmup, peer_workers)
     result["peer"] = _summary(*_time_loader(peer, batches, peer_warmup, device))

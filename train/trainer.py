@@ -15,6 +15,7 @@ import time
 import torch
 
 from shards.files import exclusive
+from shards.format import TRAIN, VAL
 from train.checkpoint import load_checkpoint, model_settings, point, rng_state, save_checkpoint, set_rng_state, shards_fingerprint
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.evaluate import evaluate, from_counts
@@ -97,8 +98,8 @@ class Trainer:
         common = dict(device=str(self.device) if self.cuda else "cpu", rank=self.rank, world_size=self.world,
                       seed=cfg.seed, num_threads=cfg.num_threads or self.launch.threads(),
                       memory_format=memory_format_for(cfg, self.device), mean=cfg.input_norm)
-        train = build_loader(cfg.shards, "train", cfg.batch_size, lighting=cfg.lighting, **common)
-        val = build_loader(cfg.shards, "val", cfg.batch_size, **common) if "val" in self.manifest.splits else None
+        train = build_loader(cfg.shards, TRAIN, cfg.batch_size, lighting=cfg.lighting, **common)
+        val = build_loader(cfg.shards, VAL, cfg.batch_size, **common) if VAL in self.manifest.splits else None
         return train, val
 
     def _wrap(self, model):
