@@ -123,8 +123,7 @@ def plot_report(rep, path):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), facecolor="white")
     for i, r in enumerate(rep["runs"]):
         colour = f"C{i % 10}"
-        label = r["name"] + (" (" + ", ".join(f"{k} {r['settings'].get(k)}" for k in rep["differ"]) + ")"
-                             if rep["differ"] else "")
+        label = r["name"]  # the table says the settings
         if r["train"]:
             steps = np.array([row["step"] for row in r["train"]], float)
             loss = np.array([row["loss"] for row in r["train"]], float)
