@@ -4,8 +4,12 @@
   dali           the DALI loader (training: random crop + mirror, mean image), no lighting
   dali+lighting  the same with PCA lighting σ = 0.1 (the paper's training input)
   reference      the reference loader (webdataset + PIL + DataLoader), same work as dali+lighting
+  bare           the benchmark's anchor, not the product: a bare DALI pipeline on the same shards
+                 (readers.webdataset -> decode -> crop_mirror_normalize of the uint8 image to
+                 float16 at random corners and flips drawn inside DALI; no mean image, no lighting,
+                 no external source, no hand-off to torch), timed with Pipeline.run
 
-and the ratios lighting / no lighting and DALI / reference. Warm-up batches (with the pipeline
+and the ratios lighting / no lighting, DALI / reference, and every loader / bare. Warm-up batches (with the pipeline
 build at the start of the epoch; for the reference, until every worker has delivered) are excluded; each figure is the median over --repeats runs.
 
     python scripts/bench_pipeline.py                      # ~2000 generated samples, CPU or GPU
@@ -77,6 +81,50 @@ def measure(loader, warmup, batches, device):
     return batches * loader.options.batch_size / (time.perf_counter() - timed), first
 
 
+def bare_pipeline(shards, batch, device, threads, prefetch=2):
+    """The anchor: the least a DALI training pipeline can do on these shards (see the docstring)."""
+    from nvidia.dali import Pipeline, fn, types
+
+    from pipeline.draws import CROP
+    from shards import Manifest
+
+    m = Manifest.load(shards)
+    tars, idx = zip(*m.shard_paths(shards, "train"))
+    gpu = device.startswith("cuda")
+    pipe = Pipeline(batch_size=batch, num_threads=threads or len(os.sched_getaffinity(0)),
+                    device_id=0 if gpu else None, seed=0, prefetch_queue_depth=prefetch)
+    with pipe:
+        jpegs, cls = fn.readers.webdataset(paths=list(tars), index_paths=list(idx), ext=["jpg", "cls"],
+                                           random_shuffle=True, initial_fill=4096, name="reader")
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        out = fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=fn.random.uniform(range=(0, 1)),
+                                       crop_pos_y=fn.random.uniform(range=(0, 1)), mirror=fn.random.coin_flip(),
+                                       dtype=types.FLOAT16, output_layout="CHW")
+        pipe.set_outputs(out, cls)
+    pipe.build()
+    return pipe
+
+
+def measure_bare(shards, batch, device, threads, warmup, batches):
+    """(img/s of the anchor, seconds to its first batch)."""
+    import torch
+
+    start = time.perf_counter()
+    pipe = bare_pipeline(shards, batch, device, threads)
+    pipe.run()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        pipe.run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(batches):
+        pipe.run()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return batches * batch / (time.perf_counter() - t), first
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", help="shard directory (default: generate one in a temporary directory)")
@@ -128,13 +176,16 @@ def main(argv=None):
     }
     if not a.no_reference:
         loaders["reference"] = lambda: build_reference_loader(shards, "train", batch, lighting=0.1, num_workers=ref_workers)
-    runs = {name: [] for name in loaders}
-    firsts = {name: [] for name in loaders}
+    runs = {name: [] for name in [*loaders, "bare"]}
+    firsts = {name: [] for name in runs}
     for _ in range(a.repeats):  # interleaved, so slow drifts of a shared machine hit all alike
         for name, make in loaders.items():
             rate, first = measure(make(), warmup[name], batches, device)
             runs[name].append(rate)
             firsts[name].append(first)
+        rate, first = measure_bare(shards, batch, device, a.threads, a.warmup, batches)
+        runs["bare"].append(rate)
+        firsts["bare"].append(first)
     rates = {name: statistics.median(r) for name, r in runs.items()}
     result = {
         "device": torch.cuda.get_device_name() if gpu else f"cpu ({len(os.sched_getaffinity(0))} cores)",
@@ -149,6 +200,7 @@ def main(argv=None):
     }
     if "reference" in rates:
         result["dali_vs_reference"] = round(rates["dali+lighting"] / rates["reference"], 2)
+    result["vs_bare"] = {k: round(v / rates["bare"], 3) for k, v in rates.items() if k != "bare"}
     if a.json:
         print(json.dumps(result))
     else:
@@ -158,6 +210,7 @@ def main(argv=None):
         print(f"  lighting / no lighting: {result['lighting_ratio']:.3f}")
         if "dali_vs_reference" in result:
             print(f"  DALI / reference ({ref_workers} workers): {result['dali_vs_reference']:.2f}x")
+        print("  / bare anchor: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["vs_bare"].items()))
     if tmp:
         tmp.cleanup()
 

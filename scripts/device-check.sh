@@ -58,6 +58,7 @@ make_shards('/tmp/dc-shards', n_train=3072, n_val=0, classes=1000, shard_size=51
   || echo "shard generation failed"
 step pytest-gpu "${PYTEST_S:-60}" python3 -m pytest -q -m gpu -x tests/test_dali_loader.py tests/test_model.py tests/test_response_norm.py
 step bench-pipeline "${PIPE_S:-50}" python3 scripts/bench_pipeline.py --device cuda --samples 2000 --repeats 1 --batch-size 256 --json
+TAIL=12 step profile-stages "${STAGES_S:-40}" python3 -m alexnet_cli profile /tmp/dc-shards --device cuda --batch-size 256 --batches 10 --warmup 3 --peer-workers 16 --stages --plot "$OUT/stages.png"
 TAIL=8 step profile "${PROF_S:-45}" python3 -m alexnet_cli profile /tmp/dc-shards --device cuda --batch-size 256 --batches 15 --warmup 3 --peer-workers 16 --json --plot "$OUT/profile.png"
 # The full-size recipe's learning check (issue "Training that learns", item 2): the built-in
 # sample data, larger (10 classes x 400 training images: 31 steps of 128 an epoch), then
