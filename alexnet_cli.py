@@ -25,6 +25,7 @@ COMMANDS = {
     "merge": "preprocess.cli:merge",
     "verify": "shards.cli:verify",
     "stats": "shards.cli:stats",
+    "upload": "shards.cli:upload",
     "train": "train.cli:train",
     "eval": "train.cli:evaluate",
     "figures": "train.cli:figures",

@@ -7,7 +7,6 @@ offset is scaled by 255 where it meets the pixels.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from pipeline.draws import lighting_offset
 from shards import Manifest, ManifestError
+from shards.store import open_store, read_array
 
 
 @dataclass
@@ -54,10 +54,11 @@ def load_normalisation(out, manifest: Manifest, mean: str) -> Normalisation:
 def load_mean_image(out, manifest: Manifest) -> np.ndarray:
     """The training set's per-pixel mean image (Section 2's "mean activity"), float32 in 0–255
     units, checked to be image_size × image_size × 3."""
-    path = os.path.join(str(out), manifest.stats.mean_image)
+    store = open_store(out)  # a folder or s3://bucket/prefix
+    path = store.url(manifest.stats.mean_image)
     try:
-        image = np.load(path)
-    except (OSError, ValueError) as e:
+        image = read_array(store, manifest.stats.mean_image)
+    except (OSError, ValueError, EOFError) as e:
         raise ManifestError(f"{path}: cannot read the mean image ({e})") from None
     size = manifest.image_size
     if image.shape != (size, size, 3):

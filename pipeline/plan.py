@@ -16,7 +16,6 @@ the way DALI's reader cuts it (slice s = samples [N·s//W, N·(s+1)//W)).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -142,25 +141,16 @@ def open_split(options: LoaderOptions) -> Manifest:
 def check_split_files(directory, split) -> None:
     """shards.Damage (exit 1, one line naming the file) when a shard of `split` is missing its tar
     or index, or its index does not fit its tar (a truncated or replaced file). Sizes only, no
-    hashes: a cheap check before a reader is handed the paths; `alexnet verify` checks all."""
+    hashes: a cheap check before a reader is handed the paths; `alexnet verify` checks all. On S3
+    a wrong address or credentials are one line too (shards.store, exit 2)."""
     from shards.errors import Damage
-    from shards.writer import read_index
+    from shards.store import open_store
+    from shards.verify import split_files_problems
 
     hint = f"run `alexnet verify {directory}`, then preprocess again to repair it"
-    for shard in split.shards:
-        tar, idx = (os.path.join(str(directory), name) for name in (shard.tar, shard.index))
-        for path in (tar, idx):
-            if not os.path.isfile(path):
-                raise Damage(f"{path}: missing from the shard directory; {hint}")
-        try:
-            index = read_index(idx)
-        except (ValueError, OSError, UnicodeDecodeError) as e:
-            raise Damage(f"{idx}: not a readable DALI index ({e}); {hint}") from None
-        if len(index) != shard.samples:
-            raise Damage(f"{idx}: indexes {len(index)} samples, the manifest says {shard.samples}; {hint}")
-        end = max((offset + size for sample in index for _, offset, size, _ in sample), default=0)
-        if end > os.path.getsize(tar):
-            raise Damage(f"{tar}: truncated ({os.path.getsize(tar)} bytes; its index reaches byte {end}); {hint}")
+    for problem in split_files_problems(directory, split.shards)[:1]:
+        what = "missing from the shard directory" if problem.message == "missing" else problem.message
+        raise Damage(f"{open_store(directory).url(problem.file)}: {what}; {hint}")
 
 
 class EpochLoader:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.draws import CROP, TEN_CROP_VIEWS, Draws, epoch_draws
 from pipeline.normalise import Normalisation, load_normalisation
 from pipeline.plan import EpochLoader, LoaderOptions, open_split, resolve_options
+from shards.store import is_s3_url, store_of
 
 
 def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarray, norm: Normalisation,
@@ -52,6 +53,12 @@ def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarra
             v = v[:, ::-1]
         out.append(np.ascontiguousarray(v.transpose(2, 0, 1)))
     return np.stack(out) if ten_crop else out[0]
+
+
+def _open(url: str):
+    """A stream of a shard's bytes, wherever it is (shards.store)."""
+    store, name = store_of(url)
+    return store.open(name)
 
 
 def decode(jpeg: bytes) -> np.ndarray:
@@ -83,8 +90,13 @@ class _Epoch(IterableDataset):
         ends = list(itertools.accumulate(self.counts))
         first, last = bisect_right(ends, a), bisect_right(ends, b - 1)
         skip = a - (ends[first - 1] if first else 0)
-        ds = wds.WebDataset(self.tars[first:last + 1], shardshuffle=False, nodesplitter=None, workersplitter=None,
-                            empty_check=False)
+        tars = self.tars[first:last + 1]
+        if any(is_s3_url(t) for t in tars):  # webdataset has no s3:// opener: its tar reader on boto3's streams
+            from webdataset.tariterators import group_by_keys, tar_file_expander
+
+            ds = group_by_keys(tar_file_expander({"url": t, "stream": _open(t)} for t in tars))
+        else:
+            ds = wds.WebDataset(tars, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
         return itertools.islice(ds, skip, skip + (b - a))
 
     def _shuffled(self, samples, worker):

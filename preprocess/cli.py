@@ -54,8 +54,12 @@ def _part(ctx, param, value):
               help="Write only the shards n with n % N == i (for N machines; combine with `alexnet merge`).")
 @click.option("--filter", "resize_filter", type=click.Choice(["bilinear", "bicubic"]), default="bilinear",
               show_default=True, help="Antialiased resampling filter (bicubic: ~10% slower, a little sharper).")
+@click.option("--strict", is_flag=True,
+              help="Skip every JPEG libjpeg warns about (default: keep those whose only warning is extraneous "
+                   "bytes, listed in OUT/errors.jsonl).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_errors, part, resize_filter, quiet):
+def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_errors, part, resize_filter, strict,
+               quiet):
     """Turn the ImageNet folder SRC into WebDataset shards in OUT.
 
     Each image is decoded by content (JPEG, CMYK, grayscale, PNG named .JPEG, palette, RGBA,
@@ -68,8 +72,11 @@ def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_e
     SRC: SRC/train/<wnid>/*, and SRC/val/<wnid>/* or flat SRC/val/* with
     SRC/LOC_val_solution.csv; SRC/LOC_synset_mapping.txt names the classes.
 
-    Files that cannot be decoded (truncated, empty, not an image) are skipped and listed in
-    OUT/errors.jsonl. Run the same command again after an interruption: finished shards are
+    Files that cannot be decoded (truncated, empty, not an image, a JPEG libjpeg finds corrupt)
+    are skipped and listed in OUT/errors.jsonl, as is every entry of the class folders that is
+    not used (other extensions, subfolders, broken links, names that are not UTF-8). A JPEG
+    whose only warning is extraneous bytes is kept and listed ("kept": true); --strict skips it.
+    Run the same command again after an interruption: finished shards are
     kept, the rest is redone, and the result is byte-identical to an uninterrupted run, for any
     --workers. OUT/.parts/ holds what a resume needs (per-shard integer sums and errors, ~0.8 MB
     per training shard); it may be deleted once the job is done.
@@ -85,7 +92,7 @@ def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_e
     from preprocess.run import TooManyErrors, preprocess as run
 
     settings = Settings(src=src, out=out, shard_size=shard_size, quality=quality, seed=seed, split=split,
-                        limit=limit, max_errors=max_errors, part=part, resize_filter=resize_filter)
+                        limit=limit, max_errors=max_errors, part=part, resize_filter=resize_filter, strict=strict)
     if workers:
         settings.workers = workers
     # bad input (ScanError, OutError: exit 2) and damage (NothingUsable, TooManyErrors: exit 1) are

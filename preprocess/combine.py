@@ -11,18 +11,19 @@ import errno
 import os
 import shutil
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from preprocess import outdir
 from preprocess.plan import Part
-from shards.errors import UserError
-from shards.files import atomic_write
-from shards.finish import finish_shard_dir, read_errors
+from shards.errors import Damage, UserError, one_line
+from shards.files import LOCK, atomic_write, naming
+from shards.finish import finish_shard_dir, kept, read_errors
 from shards.format import ERRORS_NAME, MANIFEST_NAME, MEAN_IMAGE_NAME, PIXEL_SUM_NAME, SPLITS
-from shards.manifest import Manifest, ManifestError
+from shards.manifest import Manifest
 from shards.stats import StatSums
+from shards.verify import shard_files_problem
 from shards.writer import shard_number
 
 MODES = ("link", "copy", "move")
@@ -30,6 +31,11 @@ MODES = ("link", "copy", "move")
 
 class MergeError(UserError, ValueError):
     """The parts cannot be merged; the message names the part and the reason (exit code 2)."""
+
+
+class DamagedPart(MergeError, Damage):
+    """A part's manifest names a file that is missing or does not fit (a shard file, its
+    pixel_sum.npy): damage found, exit code 1. Nothing was placed."""
 
 
 @dataclass
@@ -48,13 +54,8 @@ class MergeSummary:
 
 
 def _load_parts(parts: List[str]) -> List[Manifest]:
-    manifests = []
-    for p in parts:
-        try:
-            manifests.append(Manifest.load(p))
-        except ManifestError as e:
-            raise MergeError(str(e)) from None
-    return manifests
+    """Each part's manifest (ManifestError, exit 2, or DamagedManifest, exit 1, naming it)."""
+    return [Manifest.load(p) for p in parts]
 
 
 def _check(parts: List[str], manifests: List[Manifest]) -> int:
@@ -99,11 +100,54 @@ def _check_out(out: str, parts: List[str], names: set) -> None:
     if os.path.exists(os.path.join(out, MANIFEST_NAME)):
         raise MergeError(f"{out} already holds a manifest; choose a new or empty folder")
     if os.path.isdir(out):  # leftovers of an interrupted merge are fine, anything else is not
-        strays = [f for f in os.listdir(out) if f not in names and not f.endswith(".tmp")]
+        strays = [f for f in os.listdir(out) if f not in names | {LOCK} and not f.endswith(".tmp")]
         if strays:
             raise MergeError(f"{out} is not empty (holds {strays[0]}); choose a new or empty folder")
     elif os.path.exists(out):
         raise MergeError(f"{out} exists and is not a folder")
+
+
+def _part_sums(parts: List[str], manifests: List[Manifest]) -> Optional[StatSums]:
+    """The parts' exact training sums added up, every pixel_sum.npy read and checked against its
+    manifest first (before any file is placed)."""
+    total = None
+    for p, m in zip(parts, manifests):
+        if m.stats is None:
+            continue
+        path = os.path.join(p, m.stats.pixel_sum)
+        if m.stats.sums is None:
+            raise DamagedPart(f"{os.path.join(p, MANIFEST_NAME)}: its statistics have no exact sums, so parts "
+                             "cannot be merged; write the part again with alexnet preprocess --part")
+        try:
+            pixel_sum = np.load(path)
+        except FileNotFoundError:
+            raise DamagedPart(f"{path}: missing (a part's training statistics); write the part again with alexnet "
+                             "preprocess --part") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise DamagedPart(f"{path}: unreadable ({e}); write the part again with alexnet preprocess --part") from None
+        shape = (m.image_size, m.image_size, 3)
+        if pixel_sum.shape != shape or pixel_sum.dtype != np.int64 or \
+                pixel_sum.sum(axis=(0, 1)).tolist() != list(m.stats.sums["sum"]):
+            raise DamagedPart(f"{path}: does not match its part's manifest (expected int64 {shape} summing to "
+                             "stats.sums.sum); write the part again with alexnet preprocess --part")
+        sums = StatSums.from_json(m.stats.sums, pixel_sum, m.image_size)
+        total = sums if total is None else total.merge(sums)
+    return total
+
+
+def _check_shard_files(splits, where, out: str) -> None:
+    """Every shard file a part's manifest names is there (in its part, or in `out` where an
+    interrupted merge put it) and fits its index, before anything is placed."""
+    def found(part: str, name: str) -> str:
+        placed = os.path.join(out, name)
+        return placed if os.path.exists(placed) else os.path.join(part, name)
+
+    for shards in splits.values():
+        for s in shards:
+            problem = shard_files_problem(s, found(where[s.tar], s.tar), found(where[s.tar], s.index))
+            if problem is not None:
+                raise DamagedPart(f"{os.path.join(where[s.tar], problem.file)}: {problem.message} (listed in "
+                                 f"{os.path.join(where[s.tar], MANIFEST_NAME)}); nothing was merged")
 
 
 def _place(src: str, dst: str, mode: str) -> None:
@@ -111,8 +155,6 @@ def _place(src: str, dst: str, mode: str) -> None:
     itself, a copy goes through shards.files.atomic_write (fsynced before a move removes src)."""
     if os.path.exists(dst):
         return  # placed by an earlier, interrupted merge
-    if not os.path.exists(src):
-        raise MergeError(f"{src}: missing (listed in its part's manifest)")
     try:
         if mode == "move":
             os.replace(src, dst)
@@ -124,7 +166,7 @@ def _place(src: str, dst: str, mode: str) -> None:
         if mode == "move" and e.errno != errno.EXDEV:
             raise
         # another file system, or links not supported: copy
-    with open(src, "rb") as f:
+    with open(src, "rb") as f, naming(dst):
         atomic_write(dst, lambda g: shutil.copyfileobj(f, g, 1 << 20))
     if mode == "move":
         os.remove(src)
@@ -133,7 +175,13 @@ def _place(src: str, dst: str, mode: str) -> None:
 def merge(parts: List[str], out: str, mode: str = "link") -> MergeSummary:
     """Combine the part folders `parts` (written with `--part i/N`, each i once) into `out` (new or
     empty), putting the shard files there by `mode` ("link", "copy" or "move"). The result
-    equals a single run's folder. Raises MergeError (exit code 2) when the parts do not fit."""
+    equals a single run's folder. Raises MergeError (exit code 2) when the parts do not fit,
+    DamagedPart (exit code 1) when a part lacks a file its manifest names.
+
+    Everything is checked before the first file is placed (every part's manifest, settings and
+    errors.jsonl, every shard file it names and its index, every pixel_sum.npy), so a refused
+    merge moves nothing. A merge that fails on the way (a full disk) is one line; the same merge
+    run again finishes it."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     if not parts:
@@ -149,26 +197,23 @@ def merge(parts: List[str], out: str, mode: str = "link") -> MergeSummary:
     where = {s.tar: p for p, m in zip(parts, manifests) for sp in m.splits.values() for s in sp.shards}
     names = {name for shards in splits.values() for s in shards for name in (s.tar, s.index)}
     names |= {ERRORS_NAME, MEAN_IMAGE_NAME, PIXEL_SUM_NAME}
-    _check_out(out, parts, names)
-    os.makedirs(out, exist_ok=True)
-
-    for shards in splits.values():
-        for s in shards:
-            for name in (s.index, s.tar):  # the tar last: a final-named tar means a complete pair
-                _place(os.path.join(where[s.tar], name), os.path.join(out, name), mode)
-
-    total = None
-    for p, m in zip(parts, manifests):
-        if m.stats is not None:
-            sums = StatSums.from_json(m.stats.sums, np.load(os.path.join(p, m.stats.pixel_sum)), m.image_size)
-            total = sums if total is None else total.merge(sums)
-    rows = [r for p in parts for r in read_errors(p)]
-    first = manifests[0]
-    finish_shard_dir(out, classes=first.classes, params=dict(first.params, part=None), splits=splits, errors=rows,
-                     sums=total, image_size=first.image_size)
-    outdir.remove_leftovers(out)  # temporaries of an interrupted earlier merge into `out`
+    with one_line(out):  # an unreadable folder, one line naming it
+        _check_out(out, parts, names)
+        total = _part_sums(parts, manifests)
+        rows = [r for p in parts for r in read_errors(p)]
+        _check_shard_files(splits, where, out)
+    with one_line(out, "run the same merge again to finish it"):
+        with outdir.locked(out, "alexnet merge", MergeError):  # one merge into `out` at a time
+            for shards in splits.values():
+                for s in shards:
+                    for name in (s.index, s.tar):  # the tar last: a final-named tar means a complete pair
+                        _place(os.path.join(where[s.tar], name), os.path.join(out, name), mode)
+            first = manifests[0]
+            finish_shard_dir(out, classes=first.classes, params=dict(first.params, part=None), splits=splits,
+                             errors=rows, sums=total, image_size=first.image_size)
+            outdir.remove_leftovers(out)  # temporaries of an interrupted earlier merge into `out`
     return MergeSummary(out, len(parts), sum(len(s) for s in splits.values()),
-                        sum(sh.samples for s in splits.values() for sh in s), len(rows))
+                        sum(sh.samples for s in splits.values() for sh in s), sum(not kept(r) for r in rows))
 
 
-__all__ = ["merge", "MergeError", "MergeSummary", "MODES"]
+__all__ = ["merge", "MergeError", "DamagedPart", "MergeSummary", "MODES"]

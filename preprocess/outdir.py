@@ -22,8 +22,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from shards.errors import UserError
-from shards.files import LOCK, Busy, atomic_write, exclusive
+from shards.errors import UserError, describe
+from shards.files import LOCK, Busy, atomic_write, exclusive, read_json
 from shards.format import MANIFEST_NAME, SPLITS
 from shards.manifest import Manifest, ManifestError, ShardInfo
 from shards.stats import StatSums
@@ -33,11 +33,15 @@ PARTS = ".parts"
 PARAMS = "params.json"
 # params that must agree for two runs to write into the same OUT ("files" is checked per split)
 SETTING_KEYS = ("size", "quality", "resize_filter", "chroma_subsampling", "seed", "source_root", "shard_size",
-                "limit", "part")
+                "limit", "part", "strict")
+SETTING_DEFAULTS = {"strict": False}  # a setting params leave out when it has this value
 
 
 class OutError(UserError, ValueError):
-    """OUT cannot be used with these settings; the message says why (exit code 2)."""
+    """OUT cannot be used with these settings; the message says why, then what to do (exit code 2)."""
+
+    def __init__(self, problem: str, hint: str = ""):
+        super().__init__(f"{problem}; {hint}" if hint else problem)
 
 
 @dataclass
@@ -54,7 +58,10 @@ class ShardRecord:
 
 def differences(a: dict, b: dict) -> List[str]:
     """The settings in which params a and b differ (empty: the same job)."""
-    diff = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in SETTING_KEYS if a.get(k) != b.get(k)]
+    def get(params, k):
+        return params.get(k, SETTING_DEFAULTS.get(k))
+
+    diff = [f"{k} {get(a, k)!r} vs {get(b, k)!r}" for k in SETTING_KEYS if get(a, k) != get(b, k)]
     if diff:  # the file lists are in an order the settings decide (seed, limit, part): say only those
         return diff
     fa, fb = a.get("files") or {}, b.get("files") or {}
@@ -64,6 +71,38 @@ def differences(a: dict, b: dict) -> List[str]:
             what = f"{na} vs {nb} files" if na != nb else f"the same {na} files in number, other names or labels"
             diff.append(f"the {s} files of SRC changed ({what})")
     return diff
+
+
+def _damaged_state(path: str, out: str, what: str) -> OutError:
+    return OutError(f"{path}: {what}; it records the settings of the shards in {out}, so they cannot be checked: "
+                    f"remove {out} or choose another OUT")
+
+
+def _state(raw, path: str, out: str) -> dict:
+    """The settings record {"params": {...}, "classes": [wnid, ...]} read from `path`, checked
+    field by field (differences() of damaged fields would be a traceback): an OutError naming
+    the file when it is not such a record."""
+    if not (isinstance(raw, dict) and isinstance(raw.get("params"), dict)):
+        raise _damaged_state(path, out, "not a record of preprocess settings (expected an object with params and "
+                                        "classes)")
+    if not (isinstance(raw.get("classes"), list) and all(isinstance(c, str) for c in raw["classes"])):
+        raise _damaged_state(path, out, "classes: expected a list of wnids")
+    files = raw["params"].get("files") or {}
+    if not (isinstance(files, dict) and all(
+            isinstance(f, dict) and type(f.get("count")) is int and isinstance(f.get("sha256"), str)
+            for f in files.values())):
+        raise _damaged_state(path, out, "params.files: expected {split: {count, sha256}}")
+    return raw
+
+
+def _read_state(out: str) -> dict:
+    """OUT/.parts/params.json, checked (`_state`); an OSError names its file itself."""
+    path = os.path.join(out, PARTS, PARAMS)
+    try:
+        raw = read_json(path)
+    except ValueError as e:  # not UTF-8, not JSON
+        raise _damaged_state(path, out, describe(e)) from None
+    return _state(raw, path, out)
 
 
 def prepare(out: str, params: dict, classes: list) -> Tuple[Optional[Manifest], dict]:
@@ -77,11 +116,13 @@ def prepare(out: str, params: dict, classes: list) -> Tuple[Optional[Manifest], 
         try:
             manifest = Manifest.load(out)
         except ManifestError as e:
-            raise OutError(f"{e}; use another OUT") from None
-        existing = {"params": manifest.params, "classes": [c.wnid for c in manifest.classes]}
+            again = os.path.exists(os.path.join(out, PARTS, PARAMS))  # the settings and the shards' records are there
+            raise OutError(e.problem, "delete it and run the same command again: it is written anew from the "
+                                      "finished shards" if again else "use another OUT") from None
+        existing = _state({"params": manifest.params, "classes": [c.wnid for c in manifest.classes]},
+                          os.path.join(out, MANIFEST_NAME), out)
     elif os.path.exists(os.path.join(out, PARTS, PARAMS)):
-        with open(os.path.join(out, PARTS, PARAMS)) as f:
-            existing = json.load(f)
+        existing = _read_state(out)
     elif os.path.isdir(out) and set(os.listdir(out)) - {LOCK}:
         raise OutError(f"{out} exists, is not empty and is not a shard folder; choose a new or empty OUT")
     elif os.path.exists(out) and not os.path.isdir(out):
@@ -127,9 +168,11 @@ def load_record(out: str, stem: str, with_sums: bool = True) -> Optional[ShardRe
             if with_sums and "images" in z.files:
                 sums = StatSums(size=z["pixel_sum"].shape[0], images=int(z["images"]), sum=z["sum"],
                                 outer=z["outer"], pixel_sum=z["pixel_sum"].astype(np.int64))
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable record: redo the shard
-    shard = ShardInfo(**meta["shard"]) if meta["shard"] else None
+        shard = ShardInfo(**meta["shard"]) if meta["shard"] else None
+        if not (isinstance(meta["files"], int) and isinstance(meta["errors"], list)):
+            raise ValueError("fields of the wrong type")
+    except Exception:  # noqa: BLE001 (truncated zip, other keys or types): an unreadable record, so redo the shard
+        return None
     if shard is not None:
         tar = os.path.join(out, shard.tar)
         if not (os.path.exists(os.path.join(out, shard.index)) and os.path.exists(tar)
@@ -143,19 +186,19 @@ def sha256_matches(path: str, expected: str) -> bool:
 
 
 @contextmanager
-def locked(out: str):
-    """Hold OUT's lock (shards.files.exclusive) for the whole run: a second `alexnet preprocess`
-    into the same OUT stops at once with one line (OutError) instead of both writing the same
-    files; a run killed with -9 leaves no stale lock, only the file."""
+def locked(out: str, what: str = "alexnet preprocess", error=OutError):
+    """Hold OUT's lock (shards.files.exclusive) for the whole run: a second `what` (`alexnet
+    preprocess`, `alexnet merge`) into the same OUT stops at once with one line (`error`) instead
+    of both writing the same files; a run killed with -9 leaves no stale lock, only the file."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise OutError(f"{out} exists and is not a folder")
+        raise error(f"{out} exists and is not a folder")
     with ExitStack() as held:
         try:  # only taking the lock: errors of the run itself pass through unchanged
-            held.enter_context(exclusive(out, "alexnet preprocess"))
+            held.enter_context(exclusive(out, what))
         except Busy as e:
-            raise OutError(str(e)) from None
+            raise error(str(e)) from None
         except OSError as e:
-            raise OutError(f"{out}: cannot write there ({e.strerror}); choose another OUT") from None
+            raise error(f"{out}: cannot write there ({e.strerror}); choose another folder") from None
         yield
 
 

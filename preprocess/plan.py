@@ -62,14 +62,17 @@ class Settings:
     part: Optional[Part] = None
     resize_filter: str = "bilinear"  # antialiased Pillow filter: bilinear | bicubic
     size: int = IMAGE_SIZE  # pixels, the side of the written images
+    strict: bool = False  # skip every JPEG libjpeg warns about (default: keep those with extraneous bytes only)
 
     @property
     def splits(self):
         return SPLITS if self.split == "all" else (self.split,)
 
     def params(self, chroma: str) -> dict:
-        """The settings that determine the bytes of the shards (manifest `params`)."""
-        return {
+        """The settings that determine the bytes of the shards (manifest `params`). `strict` is
+        recorded only when set (preprocess.outdir.SETTING_DEFAULTS), so directories written
+        before it existed keep their manifests and match a run without it."""
+        params = {
             "size": self.size,
             "quality": self.quality,
             "resize_filter": self.resize_filter,
@@ -80,6 +83,9 @@ class Settings:
             "limit": self.limit,
             "part": str(self.part) if self.part else None,
         }
+        if self.strict:
+            params["strict"] = True
+        return params
 
 
 @dataclass

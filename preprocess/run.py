@@ -11,16 +11,17 @@ With --workers 1 everything runs in the main process (no pool, no pickling).
 import os
 import time
 from collections import deque
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from preprocess import outdir, worker
 from preprocess.plan import Settings, ShardTask, make_plan
 from preprocess.progress import Progress
 from preprocess.source import ScanError, Source, scan
 from preprocess.transform import CHROMA_SUBSAMPLING
-from shards.errors import Damage
-from shards.finish import NothingUsable, finish_shard_dir, read_errors
+from shards.errors import Damage, one_line
+from shards.finish import NothingUsable, finish_shard_dir, kept, read_errors
 from shards.format import ERRORS_NAME, TRAIN, VAL
 from shards.manifest import ClassInfo, Manifest
 from shards.stats import StatSums
@@ -38,13 +39,15 @@ class Summary:
     reused: int  # shards kept from an earlier run
     shards: int  # shards of the requested splits in OUT
     samples: int  # samples in those shards
-    errors: int  # failed files of the requested splits (reused shards included)
+    errors: int  # files of the requested splits not used (reused shards and skipped entries included)
     seconds: float
+    kept: int = 0  # files used despite libjpeg's warnings (listed in errors.jsonl too)
 
     def line(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         reused = f", {self.reused} reused" if self.reused else ""
-        return (f"preprocess: {self.samples:,} images in {self.shards} shards{reused}, {self.errors:,} errors, "
+        kept = f", {self.kept:,} kept with warnings" if self.kept else ""
+        return (f"preprocess: {self.samples:,} images in {self.shards} shards{reused}, {self.errors:,} errors{kept}, "
                 f"{self.seconds:.1f} s, {rate:,.1f} img/s -> {self.out}")
 
 
@@ -64,16 +67,21 @@ def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
     Raises ScanError/OutError (UserError, exit 2) for bad input or an unusable OUT,
     NothingUsable (Damage, exit 1) when every image of a split failed, and TooManyErrors
     (Damage, exit 1) after finishing OUT when more files failed than `settings.max_errors`.
+    Anything else that goes wrong with a file (a full disk, an unreadable input) is one line
+    naming it (shards.errors.one_line): exit 1 when the disk refused data, else 2. OUT gets its
+    manifest only once complete; a failed run leaves OUT as a rerun resumes it.
     """
     t0 = time.perf_counter()
     out = settings.out
-    source = scan(settings.src, settings.splits)
+    with one_line(settings.src):
+        source = scan(settings.src, settings.splits)
     if settings.split == VAL and VAL not in source.splits:
         raise ScanError(f"{settings.src}: no validation images (val/ is missing or empty)")
     plan = make_plan(source, settings)
     params = settings.params(":".join(CHROMA_SUBSAMPLING))
     params["files"] = {s: {"count": len(v), "sha256": source.fingerprint(v)} for s, v in plan.files.items()}
-    with outdir.locked(out):
+    resume = "the finished shards are kept: run the same command again to go on from them"
+    with one_line(out, resume), outdir.locked(out):
         existing, params = outdir.prepare(out, params, source.wnids)
 
         owned = {split: plan.owned(split, settings.part) for split in plan.shards}
@@ -83,21 +91,32 @@ def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
             _reuse(out, [t for tasks in owned.values() for t in tasks], records, pool)
             todo = [t for tasks in owned.values() for t in tasks if t.stem not in records]
             written = _run(settings, todo, records, pool, show_progress)
+        except BrokenProcessPool:
+            raise Damage(f"{out}: a worker process died (killed by the system? out of memory?); {resume}") from None
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-        errors = _finish(out, owned, records, existing, params, source)
+        skipped = _scanned_rows(source, owned, settings)
+        errors, kept = _finish(out, owned, records, existing, params, source, skipped)
         outdir.remove_leftovers(out)
         tasks = [t for ts in owned.values() for t in ts]
         summary = Summary(
             out=out, written=written, reused=len(tasks) - len(todo),
             shards=sum(1 for t in tasks if records[t.stem].shard), errors=errors,
             samples=sum(records[t.stem].shard.samples for t in tasks if records[t.stem].shard),
-            seconds=time.perf_counter() - t0,
+            seconds=time.perf_counter() - t0, kept=kept,
         )
     if settings.max_errors is not None and errors > settings.max_errors:
         raise TooManyErrors(summary, settings.max_errors)
     return summary
+
+
+def _scanned_rows(source: Source, owned, settings: Settings) -> List[dict]:
+    """The entries of the owned splits' folders that the scan did not use (errors.jsonl rows
+    without a position); with --part i/N only part 0 lists them, so that a merge lists each once."""
+    if settings.part is not None and settings.part.index != 0:
+        return []
+    return [row for split in owned for row in source.skipped.get(split, [])]
 
 
 def _pool(settings: Settings):
@@ -110,7 +129,7 @@ def _pool(settings: Settings):
 
 
 def _worker_args(settings: Settings):
-    return (os.path.abspath(settings.src), settings.size, settings.quality, settings.resize_filter)
+    return (os.path.abspath(settings.src), settings.size, settings.quality, settings.resize_filter, settings.strict)
 
 
 def _reuse(out: str, tasks: List[ShardTask], records: dict, pool) -> None:
@@ -152,19 +171,21 @@ def _run(settings: Settings, todo: List[ShardTask], records: dict, pool, show_pr
     total = sum(len(t.items) for t in todo)
     progress = Progress(total, enabled=show_progress)
     done = n_errors = written = 0
-    current, samples, errors, sums = None, [], [], None
+    current, samples, errors, kept, sums = None, [], [], [], None
     for task, result in _results(settings, todo, pool):
         if task is not current:
-            current, samples, errors, sums = task, [], [], (StatSums(settings.size) if task.split == TRAIN else None)
+            current, samples, errors, kept = task, [], [], []
+            sums = StatSums(settings.size) if task.split == TRAIN else None
         samples += result.samples
         errors += result.errors
+        kept += result.kept
         if result.sums is not None:
             sums.merge(result.sums)
         done += len(result.samples) + len(result.errors)
         n_errors += len(result.errors)
         written += len(result.samples)
         if done_with(task, samples, errors):
-            records[task.stem] = _write_shard(settings.out, task, samples, errors, sums)
+            records[task.stem] = _write_shard(settings.out, task, samples, errors + kept, sums)
         progress.update(done, n_errors)
     progress.close()
     return written
@@ -188,23 +209,26 @@ def _write_shard(out: str, task: ShardTask, samples, errors, sums) -> outdir.Sha
     return rec
 
 
-def _finish(out: str, owned, records, existing: Optional[Manifest], params: dict, source: Source) -> int:
-    """Finish OUT (shards.finish) with this run's shards and errors and the splits it keeps from
-    an earlier run. Returns this run's error count.
+def _finish(out: str, owned, records, existing: Optional[Manifest], params: dict, source: Source,
+            skipped: List[dict]) -> Tuple[int, int]:
+    """Finish OUT (shards.finish) with this run's shards, its rows of errors.jsonl (the records'
+    and `skipped`, the scan's) and the splits it keeps from an earlier run. Returns this run's
+    (files not used, files kept despite warnings).
 
     A split of which this run owns shards but every image failed gets errors.jsonl and no
     manifest (NothingUsable): a shard directory with 0 images must not look complete."""
     splits = {name: split.shards for name, split in existing.splits.items()} if existing else {}
     errors = [e for e in read_errors(out) if e["split"] not in owned]
-    run_errors = 0
+    rows = list(skipped)
     for split, tasks in owned.items():
         recs = [records[t.stem] for t in tasks]
         splits.pop(split, None)
         if tasks:  # an empty list: every image failed
             splits[split] = [r.shard for r in recs if r.shard]
         for r in recs:
-            errors += r.errors
-            run_errors += len(r.errors)
+            rows += r.errors
+    errors += rows
+    n_kept = sum(kept(r) for r in rows)
     if TRAIN in owned:  # statistics from this run's training shards
         sums, stats = _train_sums(out, [t.stem for t in owned[TRAIN]]), None
     else:  # those of an earlier run's, if any
@@ -212,7 +236,7 @@ def _finish(out: str, owned, records, existing: Optional[Manifest], params: dict
     classes = [ClassInfo(i, w, source.names.get(w, w)) for i, w in enumerate(source.wnids)]
     finish_shard_dir(out, classes=classes, params=params, splits=splits, errors=errors, sums=sums, stats=stats,
                      image_size=params["size"])
-    return run_errors
+    return len(rows) - n_kept, n_kept
 
 
 def _train_sums(out: str, stems: List[str]) -> Optional[StatSums]:

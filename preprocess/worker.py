@@ -11,17 +11,17 @@ import cv2
 import numpy as np
 
 from preprocess.sums import PixelSums
-from preprocess.transform import BadImage, encode, load
+from preprocess.transform import BadImage, decode, encode
 from shards.format import TRAIN
 from shards.stats import StatSums
 
 _config = {}
 
 
-def init(root: str, size: int, quality: int, resize_filter: str) -> None:
+def init(root: str, size: int, quality: int, resize_filter: str, strict: bool = False) -> None:
     """Per-process settings (ProcessPoolExecutor initializer)."""
     cv2.setNumThreads(1)  # one worker, one core: no OpenCV thread pool competing with the other workers
-    _config.update(root=root, size=size, quality=quality, resize_filter=resize_filter)
+    _config.update(root=root, size=size, quality=quality, resize_filter=resize_filter, strict=strict)
 
 
 def init_pool_worker(parent: int, *args) -> None:
@@ -51,27 +51,40 @@ def _die_with_parent(parent: int) -> None:
 class ChunkResult:
     split: str
     samples: List[Tuple[int, bytes, int, dict]] = field(default_factory=list)  # position, jpeg, label, meta
-    errors: List[dict] = field(default_factory=list)  # {"split", "position", "path", "reason"}
+    errors: List[dict] = field(default_factory=list)  # files not used: {"split", "position", "path", "reason"}
+    kept: List[dict] = field(default_factory=list)  # files used despite libjpeg's warnings: the same, "kept": True
     sums: Optional[StatSums] = None  # training chunks only; pixel_sum as uint32 to halve the transfer
+
+
+def _reason(e: Exception) -> str:
+    """Why a file could not be used, in one line."""
+    if isinstance(e, BadImage):
+        return str(e)
+    if isinstance(e, OSError):  # gone or unreadable since the scan, a symlink loop, an I/O error
+        return f"unreadable ({e.strerror or e})"
+    return f"{type(e).__name__}: {e}"
 
 
 def process_chunk(split: str, chunk) -> ChunkResult:
     """chunk: [(position, source.Item)] -> ChunkResult (statistics only for the training split)."""
-    root, size, quality, resize_filter = (_config[k] for k in ("root", "size", "quality", "resize_filter"))
+    root, size, quality, resize_filter, strict = (_config[k] for k in ("root", "size", "quality", "resize_filter",
+                                                                        "strict"))
     result = ChunkResult(split)
     sums = PixelSums(size) if split == TRAIN else None
     for position, item in chunk:
+        row = {"split": split, "position": position, "path": item.path}
         try:
             if item.problem:
                 raise BadImage(item.problem)
             with open(os.path.join(root, item.path), "rb") as f:
                 data = f.read()
-            pixels, (w, h) = load(data, size, resize_filter)
+            pixels, (w, h), warnings = decode(data, size, resize_filter, strict)
             jpeg = encode(pixels, quality)
         except Exception as e:  # one bad file must not stop 1.28 M others; it is reported
-            reason = str(e) if isinstance(e, (BadImage, OSError)) else f"{type(e).__name__}: {e}"
-            result.errors.append({"split": split, "position": position, "path": item.path, "reason": reason})
+            result.errors.append(dict(row, reason=_reason(e)))
             continue
+        if warnings:
+            result.kept.append(dict(row, reason="; ".join(warnings), kept=True))
         if sums is not None:
             sums.add(pixels)
         result.samples.append((position, jpeg, item.label, {"src": item.path, "wnid": item.wnid, "size": [w, h]}))

@@ -1,5 +1,6 @@
 """The shard directory format (docs/DESIGN.md, "Shard directory"): its names and sizes, keys, the
-tar + DALI index writer, the manifest, the statistics, the finisher, verification, and the small
+tar + DALI index writer, the manifest, the statistics, the finisher, verification, where a
+directory lives (a folder or s3://bucket/prefix, shards.store) and its upload to S3, and the small
 helpers every stage shares (errors, atomic writes, lazy exports).
 
 `shards` knows nothing about image processing or training; it is the contract between
@@ -20,6 +21,7 @@ _EXPORTS = {
     "ClassInfo": "shards.manifest",
     "Manifest": "shards.manifest",
     "ManifestError": "shards.manifest",
+    "DamagedManifest": "shards.manifest",
     "ShardInfo": "shards.manifest",
     "SplitInfo": "shards.manifest",
     "Stats": "shards.manifest",
@@ -33,6 +35,10 @@ _EXPORTS = {
     "verify_shard_dir": "shards.verify",
     "VerifyReport": "shards.verify",
     "Problem": "shards.verify",
+    "open_store": "shards.store",
+    "is_s3_url": "shards.store",
+    "upload_shard_dir": "shards.upload",
+    "UploadReport": "shards.upload",
     "UserError": "shards.errors",
     "Damage": "shards.errors",
     "atomic_write": "shards.files",

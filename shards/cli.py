@@ -1,19 +1,18 @@
-"""`alexnet verify` and `alexnet stats`."""
+"""`alexnet verify`, `alexnet stats` and `alexnet upload`."""
 import json
 import sys
 
 import click
 
-from shards.errors import UserError
+from shards.errors import UserError, one_line
 
 
 def _load(out):
-    from shards.manifest import Manifest, ManifestError
+    """OUT's manifest; otherwise one line: exit 2 when there is none to read (no folder, no
+    manifest), exit 1 when it is damaged (shards.manifest.DamagedManifest)."""
+    from shards.manifest import Manifest
 
-    try:
-        return Manifest.load(out)
-    except ManifestError as e:
-        raise UserError(str(e)) from None
+    return Manifest.load(out)
 
 
 @click.command()
@@ -24,8 +23,10 @@ def verify(out, workers):
 
     Checks presence, sha256, sample counts, the three members of each sample, that every JPEG
     decodes to 256x256 RGB, that `cls` agrees with `json`, that each `.idx` entry points at
-    the right bytes, and that mean_image.npy and pixel_sum.npy agree with the manifest. Exit 0
-    with a one-line summary, or name each problem and exit 1.
+    the right bytes, that mean_image.npy and pixel_sum.npy agree with the manifest, and that the
+    statistics are usable (finite, mean in [0,1], std > 0, eigenvalues >= 0, orthonormal
+    eigenvectors). Exit 0 with a one-line summary, or name each problem and exit 1. A damaged
+    manifest is one line and exit 1; no folder or no manifest, exit 2.
 
     \b
     Example:
@@ -38,7 +39,8 @@ def verify(out, workers):
     def progress(done, total):
         click.echo(f"\rverify: {done}/{total} shards", nl=done == total, err=True)
 
-    report = verify_shard_dir(out, workers=workers, progress=progress if sys.stderr.isatty() else None)
+    with one_line(out):  # what verify cannot read is a problem it lists; anything else is one line
+        report = verify_shard_dir(out, workers=workers, progress=progress if sys.stderr.isatty() else None)
     for p in report.problems:
         click.echo(str(p))
     click.echo(report.line(), err=not report.ok)
@@ -81,3 +83,32 @@ def stats(out, as_json):
         label = "eigenvectors" if i == 0 else ""
         click.echo(f"{label:<12} {row(r)}   ({'RGB'[i]} component of each column)")
     click.echo(f"mean image   {s.mean_image} ({m.image_size}x{m.image_size}x3 float32)")
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("dest")
+@click.option("--jobs", type=click.IntRange(1), default=8, show_default=True, help="Objects uploaded at once.")
+def upload(out, dest, jobs):
+    """Upload the shard directory OUT to DEST, an S3 prefix (s3://bucket/prefix).
+
+    Every object is uploaded whole with its sha256 as metadata, and the manifest last, so a
+    reader never sees part of the directory. Run it again after an interruption: only what is
+    missing or differs is sent, and the result is the same as one uninterrupted run. Credentials
+    and the endpoint come from the AWS environment (AWS_PROFILE, AWS_ACCESS_KEY_ID, ...,
+    AWS_ENDPOINT_URL for MinIO, Ceph and other S3-compatible stores). Needs boto3:
+    pip install "alexnet-imagenet[s3]".
+
+    \b
+    Example:
+      alexnet upload /data/shards s3://my-bucket/imagenet/shards
+      alexnet train s3://my-bucket/imagenet/shards --out runs/paper
+    """
+    from shards.upload import upload_shard_dir
+
+    def progress(done, total):
+        click.echo(f"\rupload: {done}/{total} objects", nl=done == total, err=True)
+
+    with one_line(out):
+        report = upload_shard_dir(out, dest, jobs=jobs, progress=progress if sys.stderr.isatty() else None)
+    click.echo(report.line())

@@ -69,3 +69,33 @@ def exclusive(folder, what: str):
             os.remove(path)  # before the unlock: a later run makes a new one
     finally:
         os.close(fd)
+
+
+def read_text(path, encoding: str = "utf-8-sig") -> str:
+    """The whole of a text file, decoded at once, so that a UnicodeDecodeError's offset is the
+    file's own (a text-mode read decodes in chunks). A UTF-8 byte-order mark is dropped."""
+    with open(path, "rb") as f:
+        return f.read().decode(encoding)
+
+
+def read_json(path):
+    """The JSON value in `path` (OSError, UnicodeDecodeError or json.JSONDecodeError otherwise;
+    shards.errors.one_line turns each into one line naming the file)."""
+    return json.loads(read_text(path))
+
+
+def parse_json(data: bytes):
+    """`read_json` of a file's bytes read elsewhere (e.g. from S3, shards.store)."""
+    return json.loads(data.decode("utf-8-sig"))
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError leaving the block without a file name gets `path` (a write that the disk
+    refuses names no file), so that its one-line error says which file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = os.fspath(path)
+        raise

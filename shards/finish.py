@@ -11,10 +11,10 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
-from shards.errors import Damage
-from shards.files import atomic_write
+from shards.errors import Damage, one_line
+from shards.files import atomic_write, read_text
 from shards.format import ERRORS_NAME, IMAGE_SIZE, MEAN_IMAGE_NAME, PIXEL_SUM_NAME, SPLITS
-from shards.manifest import ClassInfo, Manifest, ShardInfo, SplitInfo, Stats
+from shards.manifest import ClassInfo, DamagedManifest, Manifest, ShardInfo, SplitInfo, Stats
 from shards.stats import StatSums
 
 
@@ -40,8 +40,11 @@ def finish_shard_dir(
     splits: split -> its shards in order (listed in the manifest in `SPLITS` order); an empty
       list means every image of that split failed: errors.jsonl is written, then NothingUsable
       is raised and there is no manifest.
-    errors: one dict per failed source file, with at least "split" and "position" (its place in
-      the split's write order); written sorted, with a summary line, to errors.jsonl.
+    errors: one dict per source file not used or used despite a warning, with "split", "path"
+      and "reason", and "position" (its place in the split's write order) when it was planned
+      (a file skipped while scanning SRC has none), "kept": true when it was used anyway;
+      written sorted, with a summary line, to errors.jsonl. The manifest's `errors` counts the
+      files not used.
     sums: the exact training-pixel sums: mean_image.npy and pixel_sum.npy are written and the
       manifest's statistics derived from them (none when they cover no image). Or
     stats: statistics whose files are already in `out` (a run that adds a split to a directory),
@@ -62,8 +65,11 @@ def finish_shard_dir(
     listed = {s: SplitInfo(samples=sum(sh.samples for sh in splits[s]), shards=list(splits[s]))
               for s in SPLITS if s in splits}
     manifest = Manifest(image_size=image_size, classes=list(classes), params=params, splits=listed, stats=stats,
-                        errors=len(rows))
-    manifest.save(out)
+                        errors=sum(not kept(r) for r in rows))
+    try:
+        manifest.save(out)
+    except DamagedManifest as e:  # e.g. training pixels without variation in a channel: unusable statistics
+        raise Damage(f"{e.problem}; no manifest was written") from None
     return manifest
 
 
@@ -75,21 +81,47 @@ def _write_stats(out: str, sums: StatSums) -> Stats:
     return Stats(**derived, sums=sums.to_json())
 
 
+def kept(row: dict) -> bool:
+    """Whether an errors.jsonl row is a file used despite a warning (not one that failed)."""
+    return row.get("kept") is True
+
+
+def _order(row: dict):
+    """Split, then files skipped while scanning (by path), then write order."""
+    return SPLITS.index(row["split"]), row.get("position", -1), row.get("path", "")
+
+
 def _write_errors(out: str, rows: List[dict]) -> None:
-    """errors.jsonl: one line per failed file in split, then write order; then one summary line."""
-    rows = sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["position"]))
-    by_split = {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}
+    """errors.jsonl: one line per listed file in split, then write order; then one summary line
+    (`errors`: files not used, in all and by split; `kept`: files used despite a warning)."""
+    rows = sorted(rows, key=_order)
+    failed = [r for r in rows if not kept(r)]
+    by_split = {s: sum(1 for r in failed if r["split"] == s) for s in SPLITS}
     lines = [json.dumps(r) for r in rows]
-    lines.append(json.dumps({"summary": {"errors": len(rows), "by_split": by_split}}))
+    lines.append(json.dumps({"summary": {"errors": len(failed), "by_split": by_split, "kept": len(rows) - len(failed)}}))
     atomic_write(os.path.join(out, ERRORS_NAME), lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def read_errors(directory) -> List[dict]:
-    """The failed-file rows of `directory`'s errors.jsonl (without its summary line); [] when
-    there is none."""
+    """The file rows of `directory`'s errors.jsonl (without its summary line); [] when there is
+    none. A file that is not such rows is Damage (exit 1), one line naming it and the line."""
     path = os.path.join(os.fspath(directory), ERRORS_NAME)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [r for r in rows if "summary" not in r]
+    with one_line(path):
+        text = read_text(path)
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            row = e.msg
+        if isinstance(row, dict) and "summary" in row:
+            continue
+        if not (isinstance(row, dict) and row.get("split") in SPLITS and isinstance(row.get("path"), str)
+                and isinstance(row.get("position", 0), int)):
+            raise Damage(f"{path}: line {n} is not a row of failed files ({str(row)[:60]}); the folder is damaged")
+        rows.append(row)
+    return rows

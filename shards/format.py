@@ -3,7 +3,8 @@ here once; every other module imports them.
 
     OUT/manifest.json      the typed description (shards.manifest), written last
     OUT/<split>-NNNNNN.tar one WebDataset shard, beside its DALI index `.idx` (shards.writer)
-    OUT/errors.jsonl       one line per source file that could not be used, then a summary line
+    OUT/errors.jsonl       one line per source file not used (why), or used despite a warning
+                           ("kept": true), then a summary line (shards.finish)
     OUT/mean_image.npy     float32 IMAGE_SIZE×IMAGE_SIZE×3 in [0,1]: the per-pixel training mean
     OUT/pixel_sum.npy      int64 IMAGE_SIZE×IMAGE_SIZE×3: the exact per-pixel Σ it comes from
 

@@ -17,7 +17,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from shards.manifest import Manifest, ManifestError, ShardInfo
-from shards.writer import MEMBER_EXTS, read_index
+from shards.store import open_store, read_array, store_of
+from shards.writer import MEMBER_EXTS, parse_index, read_index
 
 
 @dataclass
@@ -54,16 +55,18 @@ def _check_image(data, size):
 
 
 def verify_shard(directory, shard: ShardInfo, image_size: int, num_classes: int):
-    """All problems of one shard (an empty list when it is sound)."""
-    tar_path = os.path.join(directory, shard.tar)
-    idx_path = os.path.join(directory, shard.index)
+    """All problems of one shard (an empty list when it is sound); `directory` is a folder or an
+    `s3://` URL (shards.store)."""
+    store = open_store(directory)
     name = shard.tar
-    for p in (tar_path, idx_path):
-        if not os.path.exists(p):
-            return [Problem(os.path.basename(p), "", "missing")]
+    for p in (shard.tar, shard.index):
+        if not store.exists(p):
+            return [Problem(p, "", "missing")]
     problems = []
-    with open(tar_path, "rb") as f:
-        raw = f.read()  # one read serves the hash and the members (a shard is ~25 MB)
+    try:
+        raw = store.read_bytes(shard.tar)  # one read serves the hash and the members (a shard is ~25 MB)
+    except OSError as e:
+        return [Problem(name, "", f"unreadable ({e.strerror or e})")]
     if hashlib.sha256(raw).hexdigest() != shard.sha256:
         problems.append(Problem(name, "", "sha256 differs from the manifest (file changed or damaged)"))
     try:
@@ -95,12 +98,15 @@ def verify_shard(directory, shard: ShardInfo, image_size: int, num_classes: int)
         except (ValueError, UnicodeDecodeError) as e:
             problems.append(Problem(name, key, f"unreadable cls/json ({e})"))
             continue
+        if not isinstance(meta, dict):
+            problems.append(Problem(name, key, f"json is not an object ({parts['json'][3][:40]!r})"))
+            continue
         if meta.get("label") != label:
             problems.append(Problem(name, key, f"cls says {label}, json says {meta.get('label')}"))
         if not 0 <= label < num_classes:
             problems.append(Problem(name, key, f"label {label} outside 0..{num_classes - 1}"))
 
-    problems += _check_index(idx_path, members)
+    problems += _check_index(store.url(shard.index), members)
     return problems
 
 
@@ -190,17 +196,17 @@ def verify_shard_dir(directory, workers: Optional[int] = None,
     )
 
 
-def _load_array(directory, name, shape):
-    """(array, None) or (None, [Problem]) for the .npy `name` that must have `shape`."""
-    path = os.path.join(directory, name)
-    if not os.path.exists(path):
+def _load_array(directory, name, shape, dtype):
+    """(array, []) or (None, [Problem]) for the .npy `name` that must be `dtype` of `shape`."""
+    store = open_store(directory)
+    if not store.exists(name):
         return None, [Problem(name, "", "missing")]
     try:
-        array = np.load(path)
-    except (OSError, ValueError) as e:
+        array = read_array(store, name)
+    except (OSError, ValueError, EOFError) as e:  # a truncated or foreign file, a pickle
         return None, [Problem(name, "", f"unreadable ({e})")]
-    if array.shape != shape:
-        return None, [Problem(name, "", f"shape {array.shape}, expected {shape}")]
+    if array.shape != shape or array.dtype != dtype:
+        return None, [Problem(name, "", f"{array.dtype} {array.shape}, expected {np.dtype(dtype)} {shape}")]
     return array, []
 
 
@@ -208,8 +214,8 @@ def _check_stat_files(directory, manifest):
     """The mean image and the per-pixel sums: present, of the image size, and consistent with each
     other and with the manifest's exact sums (both are derived from the same integers)."""
     stats, s = manifest.stats, manifest.image_size
-    mean_image, problems = _load_array(directory, stats.mean_image, (s, s, 3))
-    pixel_sum, more = _load_array(directory, stats.pixel_sum, (s, s, 3))
+    mean_image, problems = _load_array(directory, stats.mean_image, (s, s, 3), np.float32)
+    pixel_sum, more = _load_array(directory, stats.pixel_sum, (s, s, 3), np.int64)
     problems += more
     if pixel_sum is None:
         return problems
@@ -221,4 +227,58 @@ def _check_stat_files(directory, manifest):
     return problems
 
 
-__all__ = ["Problem", "VerifyReport", "verify_shard_dir", "verify_shard", "ManifestError"]
+def shard_files_problem(shard: ShardInfo, tar: str, idx: str) -> Optional[Problem]:
+    """What is wrong with a shard's two files (its tar and index at these paths or `s3://` URLs)
+    that shows without reading the tar (None: they fit): either missing, an index that does not
+    parse, holds another number of samples than the manifest or reaches past the end of the tar.
+    Sizes, not hashes: the cheap check before files are moved or handed to a reader;
+    `verify_shard` checks everything."""
+    (tar_store, tar_name), (idx_store, idx_name) = store_of(tar), store_of(idx)
+    for store, name in ((tar_store, tar_name), (idx_store, idx_name)):
+        if not _is_file(store, name):
+            return Problem(name, "", "missing")
+    return _fit_problem(shard, tar_store.size(tar_name), next(idx_store.read_many([idx_name])), idx)
+
+
+def split_files_problems(directory, shards) -> List[Problem]:
+    """`shard_files_problem` of each of `shards` in `directory` (a folder or `s3://` URL), at
+    most one per shard: one listing for the sizes and the indexes read concurrently, so that a
+    split of ImageNet's 1,282 shards on S3 costs a few requests' time, not thousands in a row."""
+    store = open_store(directory)
+    sizes = store.listing()
+    present = [s for s in shards if s.tar in sizes and s.index in sizes]
+    indexes = dict(zip((s.index for s in present), store.read_many(s.index for s in present)))
+    problems = []
+    for s in shards:
+        if s.tar not in sizes or s.index not in sizes:
+            problems.append(Problem(s.tar if s.tar not in sizes else s.index, "", "missing"))
+            continue
+        problem = _fit_problem(s, sizes[s.tar], indexes[s.index], store.url(s.index))
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _is_file(store, name) -> bool:
+    return store.exists(name) if store.remote else os.path.isfile(store.url(name))
+
+
+def _fit_problem(shard: ShardInfo, tar_size: int, index, idx_path) -> Optional[Problem]:
+    """The problem of a shard whose tar has `tar_size` bytes and whose index is `index` (its
+    bytes, or the OSError reading them gave), or None."""
+    try:
+        if isinstance(index, OSError):
+            raise index
+        index = parse_index(index.decode(), idx_path)
+    except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
+        return Problem(shard.index, "", f"not a readable DALI index ({e})")
+    if len(index) != shard.samples:
+        return Problem(shard.index, "", f"indexes {len(index)} samples, the manifest says {shard.samples}")
+    end = max((offset + size for sample in index for _, offset, size, _ in sample), default=0)
+    if end > tar_size:
+        return Problem(shard.tar, "", f"truncated ({tar_size} bytes; its index reaches byte {end})")
+    return None
+
+
+__all__ = ["Problem", "VerifyReport", "verify_shard_dir", "verify_shard", "shard_files_problem", "split_files_problems",
+           "ManifestError"]

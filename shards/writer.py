@@ -12,7 +12,7 @@ import json
 import os
 import tarfile
 
-from shards.files import atomic_write
+from shards.files import atomic_write, naming
 
 INDEX_VERSION = "v1.2"
 MEMBER_EXTS = ("jpg", "cls", "json")  # the three members of every sample, in tar order
@@ -54,11 +54,15 @@ class _HashingFile(io.RawIOBase):
         return self.position
 
     def close(self):
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-        super().close()
+        try:
+            if not self._f.closed:
+                try:
+                    self._f.flush()
+                    os.fsync(self._f.fileno())
+                finally:
+                    self._f.close()  # the descriptor is released even when the disk refused the flush
+        finally:
+            super().close()
 
 
 class ShardWriter:
@@ -94,10 +98,11 @@ class ShardWriter:
         meta = dict(meta, label=int(label))
         payloads = (jpeg, str(int(label)).encode(), json.dumps(meta, sort_keys=True).encode())
         fields = []
-        for ext, data in zip(MEMBER_EXTS, payloads):
-            name = f"{key}.{ext}"
-            offset = self._add(name, data)
-            fields.append(f"{ext} {offset} {len(data)} {name}")
+        with naming(self._tmp_tar):  # a full disk names no file
+            for ext, data in zip(MEMBER_EXTS, payloads):
+                name = f"{key}.{ext}"
+                offset = self._add(name, data)
+                fields.append(f"{ext} {offset} {len(data)} {name}")
         self._index_lines.append(" ".join(fields))
         self.samples += 1
 
@@ -127,11 +132,17 @@ class ShardWriter:
         if self.samples == 0:
             self.abort()
             raise ValueError(f"shard {self.stem} has no samples")
-        self._tar.close()
-        self._file.close()
-        index = f"{INDEX_VERSION} {self.samples}\n" + "\n".join(self._index_lines) + "\n"
-        atomic_write(self.idx_path, lambda f: f.write(index), mode="w")
-        os.replace(self._tmp_tar, self.tar_path)
+        try:
+            with naming(self._tmp_tar):
+                self._tar.close()
+                self._file.close()
+            index = f"{INDEX_VERSION} {self.samples}\n" + "\n".join(self._index_lines) + "\n"
+            with naming(self.idx_path):
+                atomic_write(self.idx_path, lambda f: f.write(index), mode="w")
+            os.replace(self._tmp_tar, self.tar_path)
+        except BaseException:  # the disk refused the end of it: no temporary stays
+            self.abort()
+            raise
         self.info = ShardInfo(
             tar=os.path.basename(self.tar_path),
             index=os.path.basename(self.idx_path),
@@ -141,12 +152,12 @@ class ShardWriter:
         return self.info
 
     def abort(self):
-        """Drop the unfinished shard."""
-        try:
-            self._tar.close()
-        except Exception:
-            pass
-        self._file.close()
+        """Drop the unfinished shard (also when the disk refuses its last bytes)."""
+        for close in (self._tar.close, self._file.close):
+            try:
+                close()
+            except Exception:  # the error that made us abort is the one to report
+                pass
         if os.path.exists(self._tmp_tar):
             os.remove(self._tmp_tar)  # the index's temporary is atomic_write's to remove
 
@@ -171,21 +182,30 @@ def file_sha256(path, chunk=1 << 20) -> str:
 
 
 def read_index(path):
-    """Parse a DALI `.idx` file: a list of samples, each a list of (ext, offset, size, name)."""
-    with open(path) as f:
-        head = f.readline().split()
-        if len(head) != 2 or head[0] != INDEX_VERSION:
-            raise ValueError(f"{path}: not a DALI {INDEX_VERSION} index (first line {' '.join(head)!r})")
-        samples = []
-        for line in f:
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) % 4:
-                raise ValueError(f"{path}: malformed line {line.strip()!r}")
-            samples.append(
-                [(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)]
-            )
+    """Parse a DALI `.idx` file (a path, or an `s3://` URL: shards.store): a list of samples,
+    each a list of (ext, offset, size, name)."""
+    from shards.store import store_of
+
+    store, name = store_of(path)
+    return parse_index(store.read_bytes(name).decode(), path)
+
+
+def parse_index(text: str, path):
+    """`read_index` of a DALI index's text; ValueError naming `path` when it is not one."""
+    lines = text.splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != INDEX_VERSION:
+        raise ValueError(f"{path}: not a DALI {INDEX_VERSION} index (first line {' '.join(head)!r})")
+    samples = []
+    for line in lines[1:]:
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) % 4:
+            raise ValueError(f"{path}: malformed line {line.strip()!r}")
+        samples.append(
+            [(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)]
+        )
     if int(head[1]) != len(samples):
         raise ValueError(f"{path}: header says {head[1]} samples, found {len(samples)}")
     return samples

@@ -58,12 +58,51 @@ def cli(*args):
     return CliRunner().invoke(alexnet_cli.main, list(map(str, args)))
 
 
-def one_line_error(result, code=2):
-    """The one stderr line of a failed command, after checking its exit code and the one line."""
-    assert result.exit_code == code, result.output
+def one_line_error(result, code=2, names=()):
+    """The one stderr line of a failed command, after checking its exit code, that it is the
+    command's own exit (not an exception click's runner caught), the one line and that it
+    names each of `names` (paths or words)."""
+    assert result.exit_code == code, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in result.output, result.stderr
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
     return lines[0]
+
+
+def files(folder):
+    """{relative path: bytes} of every file under `folder` (to show that nothing changed)."""
+    out = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
+
+
+def damaged_jpegs(good: bytes) -> dict:
+    """Copies of the JPEG `good`, each with one kind of damage libjpeg warns about (and, first,
+    the warning it gives; "N" stands for the count it says):
+
+        header junk   3 bytes before the first DQT marker     "3 extraneous bytes before marker 0xdb"
+        tail junk     200 bytes before EOI                    "N extraneous bytes before marker 0xd9"
+        truncated     cut in the middle of the scan           "Premature end of JPEG file"
+        marker        an EOI marker in the middle of the scan "premature end of data segment"
+        desync        80 bytes of the scan set to 1 bits      the decoder loses sync, finishes
+                      (a damaged entropy segment)             early: "N extraneous bytes before 0xd9"
+    """
+    dqt = good.index(b"\xff\xdb")
+    sos = good.index(b"\xff\xda")
+    mid = sos + (len(good) - sos) // 2
+    return {
+        "header junk": good[:dqt] + b"\x00\x11\x22" + good[dqt:],
+        "tail junk": good[:-2] + bytes(range(1, 201)) + good[-2:],
+        "truncated": good[:mid],
+        "marker": good[:mid] + b"\xff\xd9" + good[mid:],
+        "desync": good[:mid] + b"\xff\x00" * 40 + good[mid + 80:],
+    }
 
 
 def _once(name, make):
@@ -120,3 +159,76 @@ def part_runs(tmp_path_factory):
         return root
 
     return _once("part_runs", make)
+
+
+W0 = sample_data.wnid(0)
+# what add_odd_entries puts in a sample tree's train/, and why the scan does not use each one
+ODD_ENTRIES = {
+    f"train/{W0}/.DS_Store": "a hidden file",
+    f"train/{W0}/caf\\xe9.JPEG": "the name is not UTF-8; rename the file",
+    f"train/{W0}/dangling.JPEG": "a symbolic link that does not resolve (No such file or directory)",
+    f"train/{W0}/loop.JPEG": "a symbolic link that does not resolve (Too many levels of symbolic links)",
+    f"train/{W0}/notes.txt": "not an image file name (extension '.txt')",
+    f"train/{W0}/pipe.JPEG": "not a regular file (a FIFO, socket or device)",
+    f"train/{W0}/sub": "a folder inside a class folder (its files are not read)",
+    "train/stray.JPEG": "not in a class folder",
+}
+
+
+def add_odd_entries(tree):
+    """Put one of each entry that preprocess does not use in the sample tree `tree` (ODD_ENTRIES
+    in train/; in val/, readme.txt). The non-UTF-8 name is os.fsencode bytes."""
+    cls = tree / "train" / W0
+    image = sorted(cls.iterdir())[-1]
+    (cls / "dangling.JPEG").symlink_to("nowhere.JPEG")
+    (cls / "loop.JPEG").symlink_to("loop.JPEG")
+    (cls / "sub").mkdir()
+    (cls / "sub" / "nested.JPEG").write_bytes(image.read_bytes())
+    (cls / "notes.txt").write_text("mine")
+    (cls / ".DS_Store").write_bytes(b"\0")
+    os.mkfifo(cls / "pipe.JPEG")
+    with open(os.path.join(os.fsencode(cls), b"caf\xe9.JPEG"), "wb") as f:
+        f.write(image.read_bytes())
+    (tree / "train" / "stray.JPEG").write_bytes(image.read_bytes())
+    (tree / "val" / "readme.txt").write_text("mine")
+
+
+def children(pid):
+    """The child process ids of `pid` (Linux: /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def alive(pid):
+    """Whether process `pid` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def interrupt(src, out, record, sig, workers=1, shard_size=2):
+    """Start `alexnet preprocess SRC OUT` in a process of its own, send it `sig` once
+    OUT/.parts/<record>.npz exists (the record is written after its tar: that shard is
+    complete), and wait for it. Returns (the command, its exit status, its workers' pids when it
+    was signalled)."""
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "alexnet_cli", "preprocess", str(src), str(out), "--workers", str(workers),
+           "--shard-size", str(shard_size), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not os.path.exists(os.path.join(out, ".parts", f"{record}.npz")) and time.time() < deadline:
+            time.sleep(0.0005)
+        pool = children(proc.pid)
+        proc.send_signal(sig)
+    finally:
+        proc.wait()
+    return cmd, proc.returncode, pool

@@ -1,6 +1,7 @@
 """preprocess/combine.py: `--part i/N` + `alexnet merge` equals a single run: the same shards,
 sha256s, statistics, errors (the parts: tests/samplekit.py, `part_runs`)."""
 import json
+import re
 import os
 import shutil
 
@@ -72,3 +73,51 @@ def test_merge_errors_are_user_errors(part_runs, tmp_path):
     with pytest.raises(MergeError) as e:
         merge([str(part_runs / "p0")], str(tmp_path / "m"))
     assert isinstance(e.value, UserError) and e.value.exit_code == 2
+
+
+def _copies(part_runs, tmp_path):
+    parts = []
+    for i in range(3):
+        shutil.copytree(part_runs / f"p{i}", tmp_path / f"p{i}")
+        parts.append(str(tmp_path / f"p{i}"))
+    return parts
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: os.remove(os.path.join(p[1], "train-000001.tar")), "p1/train-000001.tar: missing"),
+    (lambda p: os.truncate(os.path.join(p[2], "val-000002.tar"), 2000), "p2/val-000002.tar: truncated (2000 bytes"),
+    (lambda p: os.remove(os.path.join(p[1], "pixel_sum.npy")), "p1/pixel_sum.npy: missing"),
+    (lambda p: np.save(os.path.join(p[2], "pixel_sum.npy"), np.zeros((256, 256, 3), np.int64)),
+     "p2/pixel_sum.npy: does not match its part's manifest"),
+])
+def test_a_move_checks_every_part_before_it_moves_anything(part_runs, tmp_path, damage, says):
+    """A part that lacks a file its manifest names is found before part 0's files move."""
+    from preprocess.combine import DamagedPart
+
+    parts = _copies(part_runs, tmp_path)
+    damage(parts)
+    before = {p: sorted(os.listdir(p)) for p in parts}
+    with pytest.raises(DamagedPart, match=re.escape(says)) as e:
+        merge(parts, str(tmp_path / "m"), mode="move")
+    assert e.value.exit_code == 1
+    assert {p: sorted(os.listdir(p)) for p in parts} == before
+    assert not (tmp_path / "m").exists()
+    assert verify_shard_dir(parts[0]).ok
+
+
+def test_entries_the_scan_skipped_are_listed_once_after_a_merge(tmp_path):
+    """Part 0 lists what the scan did not use; the merged errors.jsonl equals a single run's."""
+    from demo import sample_data
+    from samplekit import ODD_ENTRIES, add_odd_entries
+
+    sample_data.generate(tmp_path / "src", classes=2, train_per_class=4, val_per_class=1)
+    add_odd_entries(tmp_path / "src")
+    run(tmp_path / "src", tmp_path / "single", shard_size=2)
+    parts = [str(tmp_path / f"p{i}") for i in range(2)]
+    for i, p in enumerate(parts):
+        run(tmp_path / "src", p, shard_size=2, part=Part(i, 2))
+    merge(parts, str(tmp_path / "m"))
+    assert (tmp_path / "m" / "errors.jsonl").read_bytes() == (tmp_path / "single" / "errors.jsonl").read_bytes()
+    rows = [json.loads(line) for line in open(tmp_path / "m" / "errors.jsonl")]
+    assert sum(1 for r in rows if r.get("path") in ODD_ENTRIES) == len(ODD_ENTRIES)
+    assert (tmp_path / "m" / "manifest.json").read_bytes() == (tmp_path / "single" / "manifest.json").read_bytes()

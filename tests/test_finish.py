@@ -30,7 +30,7 @@ def test_shardkit_writes_every_file_its_manifest_names_and_verifies(tmp_path):
     assert np.load(tmp_path / m.stats.mean_image).tobytes() == expect.derive()[1].tobytes()
     assert m.stats.sums == expect.to_json() and m.errors == 0
     assert [json.loads(x) for x in open(tmp_path / "errors.jsonl")] == [
-        {"summary": {"errors": 0, "by_split": {"train": 0, "val": 0}}}]
+        {"summary": {"errors": 0, "by_split": {"train": 0, "val": 0}, "kept": 0}}]
 
 
 def test_shardkit_without_training_images_has_no_statistics(tmp_path):
@@ -86,7 +86,7 @@ def test_a_split_without_shards_gets_errors_and_no_manifest(tmp_path):
     assert not (tmp_path / "manifest.json").exists()
     assert read_errors(tmp_path) == rows[::-1]  # sorted by split, then position
     assert json.loads(open(tmp_path / "errors.jsonl").read().splitlines()[-1]) == {
-        "summary": {"errors": 2, "by_split": {"train": 0, "val": 2}}}
+        "summary": {"errors": 2, "by_split": {"train": 0, "val": 2}, "kept": 0}}
 
 
 def test_the_manifest_is_written_last(tmp_path):
@@ -96,3 +96,39 @@ def test_the_manifest_is_written_last(tmp_path):
                          errors=[{"split": "test", "position": 0}])
     assert not (tmp_path / "manifest.json").exists()
     assert read_errors(tmp_path / "nothing-here") == []
+
+
+def test_rows_of_kept_and_scanned_files(tmp_path):
+    """A file kept despite a warning is listed but not counted as an error; a file the scan
+    skipped (no position) comes first in its split, by path."""
+    rows = [{"split": "train", "position": 4, "path": "train/a/x.JPEG", "reason": "truncated"},
+            {"split": "train", "position": 2, "path": "train/a/y.JPEG", "reason": "Corrupt JPEG data: 3 extraneous",
+             "kept": True},
+            {"split": "val", "path": "val/notes.txt", "reason": "not an image file name"},
+            {"split": "train", "path": "train/a/sub", "reason": "a folder inside a class folder"}]
+    with pytest.raises(NothingUsable):
+        finish_shard_dir(tmp_path, classes=[ClassInfo(0, "n00000000", "zero")], params={}, splits={"val": []},
+                         errors=rows)
+    assert read_errors(tmp_path) == [rows[3], rows[1], rows[0], rows[2]]
+    assert json.loads(open(tmp_path / "errors.jsonl").read().splitlines()[-1]) == {
+        "summary": {"errors": 3, "by_split": {"train": 2, "val": 1}, "kept": 1}}
+
+
+def test_a_damaged_errors_file_is_one_line(tmp_path):
+    from shards import Damage
+
+    (tmp_path / "errors.jsonl").write_text('{"split": "train", "position": 1, "path": "x", "reason": "r"}\n{"spl\n')
+    with pytest.raises(Damage, match=r"errors.jsonl: line 2 is not a row of failed files") as e:
+        read_errors(tmp_path)
+    assert e.value.exit_code == 1
+
+
+def test_statistics_without_variation_leave_no_manifest(tmp_path):
+    """A training set whose pixels are all one grey has std 0: no trainer can normalise it."""
+    from shards import Damage
+
+    sums = StatSums(size=256)
+    sums.add(np.full((256, 256, 3), 128, np.uint8))
+    with pytest.raises(Damage, match=r"stats.std \[0.0, 0.0, 0.0\]: .*; no manifest was written"):
+        finish_shard_dir(tmp_path, classes=[ClassInfo(0, "n00000000", "zero")], params={}, splits={}, sums=sums)
+    assert not (tmp_path / "manifest.json").exists()

@@ -1,6 +1,7 @@
 """preprocess/outdir.py: what OUT keeps between runs (settings, per-shard records) and its lock
 (the lock between two processes: tests/cli/test_preprocess_cli.py)."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,3 +59,28 @@ def test_a_record_round_trips_and_is_dropped_when_its_tar_changed(tmp_path):
         f.write(b"more")
     assert load_record(out, "train-000000") is None  # another size: the shard is written again
     assert load_record(out, "train-000001") is None
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "not valid JSON (Expecting property name enclosed in double quotes at line 1, column 2)"),
+    ("[]", "not a record of preprocess settings"),
+    ('{"params": {}, "classes": "n1"}', "classes: expected a list of wnids"),
+    ('{"params": {"files": {"train": {"count": "3", "sha256": "ab"}}}, "classes": []}', "params.files: expected"),
+])
+def test_a_damaged_settings_record_is_one_line_and_kept(tmp_path, text, says):
+    out = tmp_path / "o"
+    (out / ".parts").mkdir(parents=True)
+    (out / ".parts" / "params.json").write_text(text)
+    with pytest.raises(OutError, match=re.escape(says)) as e:
+        prepare(str(out), {"size": 256, "files": {}}, ["n1"])
+    assert str(out / ".parts" / "params.json") in str(e.value) and "choose another OUT" in str(e.value)
+    assert (out / ".parts" / "params.json").read_text() == text
+
+
+def test_a_setting_left_out_is_its_default():
+    assert outdir.differences({"seed": 0}, {"seed": 0, "strict": False}) == []
+    assert outdir.differences({"seed": 0}, {"seed": 0, "strict": True}) == ["strict False vs True"]
+    files = {"train": {"count": 36, "sha256": "a"}}
+    assert outdir.differences({"seed": 0, "files": files}, {"seed": 1, "files": dict(files, train={"count": 36,
+                                                                                                   "sha256": "b"})}) \
+        == ["seed 0 vs 1"]  # the file order follows the seed: only the seed is named

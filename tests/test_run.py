@@ -36,7 +36,8 @@ def test_run_writes_contract_and_reports_errors(src, single):
     truncated = sample_data.odd_positions(CLASSES, TRAIN_PER_CLASS)["truncated"]
     rel = f"train/{sample_data.wnid(truncated[0])}/{sample_data.wnid(truncated[0])}_{truncated[1]}.JPEG"
     assert len(lines) == 2 and lines[0]["path"] == rel and "truncated" in lines[0]["reason"]
-    assert lines[1] == {"summary": {"errors": 1, "by_split": {"train": 1, "val": 0}}}
+    assert lines[0]["reason"] == "truncated (Premature end of JPEG file)"  # libjpeg's message
+    assert lines[1] == {"summary": {"errors": 1, "by_split": {"train": 1, "val": 0}, "kept": 0}}
     assert m["errors"] == 1
     assert not any(f.endswith(".tmp") for f in os.listdir(single))
     for key, s in read_split(single, "train").items():

@@ -1,12 +1,14 @@
 """preprocess/source.py: the classes and items of an ImageNet folder, and its one-line errors
 (the same through the CLI: tests/cli/test_preprocess_cli.py)."""
+import os
 import shutil
 
 import pytest
 
 from demo import sample_data
 from preprocess.source import ScanError, scan
-from samplekit import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, src  # noqa: F401 (src: a fixture)
+from samplekit import (CLASSES, ODD_ENTRIES, TRAIN_PER_CLASS, VAL_PER_CLASS, add_odd_entries,  # noqa: F401
+                       src)
 from shards import UserError
 
 
@@ -39,3 +41,41 @@ def test_scan_errors_are_one_line_user_errors(src, tmp_path):
     (tree / "LOC_synset_mapping.txt").write_text("notes my notes\n")
     with pytest.raises(ScanError, match="the file is empty"):
         scan(str(tree))
+
+
+def test_every_entry_not_used_is_listed_with_its_reason(src, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(src, tree)
+    add_odd_entries(tree)
+    source = scan(str(tree))
+    assert {r["path"]: r["reason"] for r in source.skipped["train"]} == ODD_ENTRIES
+    assert source.skipped["val"] == [{"split": "val", "path": "val/readme.txt",
+                                      "reason": "not an image file name (extension '.txt')"}]
+    # the images are the same as without those entries
+    assert [it.path for it in source.splits["train"]] == [it.path for it in scan(str(src)).splits["train"]]
+    assert list(scan(str(tree), splits=("val",)).skipped) == ["val"]
+
+
+def test_an_entry_named_like_a_class_that_is_no_folder_is_refused(src, tmp_path):
+    """It would drop a class and shift every later index."""
+    tree = tmp_path / "tree"
+    shutil.copytree(src, tree)
+    (tree / "train" / "n09999999").symlink_to("/no/such/disk/n09999999")
+    with pytest.raises(ScanError, match="n09999999: named like a class folder, but a symbolic link that does not"):
+        scan(str(tree))
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(src, tmp_path, monkeypatch):
+    import errno
+
+    real = os.scandir
+    folder = str(src / "train" / sample_data.wnid(1))
+
+    def scandir(path):
+        if os.fspath(path) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", folder)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ScanError, match=f"{folder}: Permission denied; it must be a readable folder"):
+        scan(str(src))

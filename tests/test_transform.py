@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from demo import sample_data
-from preprocess.transform import BadImage, encode, geometry, load
+from preprocess.transform import BadImage, decode, encode, geometry, load
 from samplekit import CLASSES, TRAIN_PER_CLASS, src  # noqa: F401 (src: a fixture)
 
 FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -139,3 +139,59 @@ def test_encoded_jpeg_is_baseline_256_rgb():
     im = Image.open(io.BytesIO(data))
     assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (256, 256))
     assert psnr(np.asarray(im), pixels[..., :3].astype(np.float64)) > 30  # q90, 4:2:0, a hard test image
+
+
+def test_libjpeg_warnings_are_judged_never_ignored():
+    """Each damaged copy (tests/samplekit.py) is listed with libjpeg's message: extraneous bytes
+    are kept (pixel-identical where the bytes were only added), any other warning is skipped;
+    `strict` skips them all. The desync copy is the case the module's docstring measures:
+    damage that libjpeg reports only as extraneous bytes (kept by default, its pixels differ)."""
+    from samplekit import damaged_jpegs
+
+    for progressive in (False, True):
+        good = jpeg_bytes(photo(400, 300), quality=90, progressive=progressive)
+        ref = decode(good)
+        assert ref.warnings == () and np.array_equal(ref.pixels, load(good)[0])
+        bad = damaged_jpegs(good)
+        for name in ("header junk", "tail junk"):
+            got = decode(bad[name])
+            assert len(got.warnings) == 1 and "extraneous bytes before marker" in got.warnings[0], name
+            assert np.array_equal(got.pixels, ref.pixels), name  # the bytes were only added
+            with pytest.raises(BadImage, match=r"extraneous bytes .*\(skipped: --strict\)"):
+                decode(bad[name], strict=True)
+        assert decode(bad["header junk"]).warnings == ("Corrupt JPEG data: 3 extraneous bytes before marker 0xdb",)
+        for name, says in (("truncated", r"^truncated \(Premature end of JPEG file\)$"),
+                           ("marker", r"^Corrupt JPEG data: premature end of data segment$")):
+            for strict in (False, True):
+                with pytest.raises(BadImage, match=says):
+                    decode(bad[name], strict=strict)
+    desync = damaged_jpegs(jpeg_bytes(photo(400, 300), quality=90))["desync"]
+    got = decode(desync)
+    assert got.warnings == ("Corrupt JPEG data: 62 extraneous bytes before marker 0xd9",)
+    assert not np.array_equal(got.pixels, decode(jpeg_bytes(photo(400, 300), quality=90)).pixels)
+    with pytest.raises(BadImage, match="62 extraneous"):
+        decode(desync, strict=True)
+
+
+def test_junk_in_the_header_does_not_hide_damage_behind_it():
+    """The header's junk is removed and the rest checked again: a broken scan after it is found."""
+    from samplekit import damaged_jpegs
+
+    bad = damaged_jpegs(jpeg_bytes(photo(400, 300), quality=90))["marker"]
+    dqt = bad.index(b"\xff\xdb")
+    with pytest.raises(BadImage, match="0xdb; Corrupt JPEG data: premature end of data segment$"):
+        decode(bad[:dqt] + b"\x07\x08" + bad[dqt:])
+
+
+def test_cmyk_jpegs_are_checked_too():
+    """Pillow decodes CMYK (and would ignore libjpeg's warnings); libjpeg-turbo checks it first."""
+    from samplekit import damaged_jpegs
+
+    good = jpeg_bytes(photo(300, 200).convert("CMYK"), quality=90)
+    bad = damaged_jpegs(good)
+    assert np.array_equal(decode(bad["header junk"]).pixels, decode(good).pixels)
+    assert decode(bad["tail junk"]).warnings and np.array_equal(decode(bad["tail junk"]).pixels, decode(good).pixels)
+    with pytest.raises(BadImage, match="premature end of data segment"):
+        decode(bad["marker"])
+    with pytest.raises(BadImage, match="Premature end of JPEG file"):
+        decode(bad["truncated"])

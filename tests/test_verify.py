@@ -1,6 +1,7 @@
 """shards/verify.py: the library check behind `alexnet verify` returns a report and prints nothing
 (the command's own output: tests/cli/test_shards_cli.py)."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_the_statistics_files_are_checked(damaged):
     pixel_sum = np.load(damaged / "pixel_sum.npy")
     np.save(damaged / "pixel_sum.npy", pixel_sum[:8])
     assert [str(p) for p in verify_shard_dir(damaged).problems] == [
-        "pixel_sum.npy: shape (8, 256, 3), expected (256, 256, 3)"]
+        "pixel_sum.npy: int64 (8, 256, 3), expected int64 (256, 256, 3)"]
     pixel_sum[0, 0, 0] += 1
     np.save(damaged / "pixel_sum.npy", pixel_sum)
     assert [str(p) for p in verify_shard_dir(damaged).problems] == [
@@ -66,3 +67,33 @@ def test_the_statistics_files_are_checked(damaged):
 def test_an_unusable_manifest_raises(tmp_path):
     with pytest.raises(ManifestError, match="no manifest"):
         verify_shard_dir(tmp_path)
+
+
+def test_shard_files_problem_is_the_cheap_check(damaged):
+    from shards import Manifest
+    from shards.verify import shard_files_problem
+
+    shard = Manifest.load(damaged).splits["train"].shards[1]
+    tar, idx = str(damaged / shard.tar), str(damaged / shard.index)
+    assert shard_files_problem(shard, tar, idx) is None
+    os.truncate(tar, 3000)
+    assert str(shard_files_problem(shard, tar, idx)).startswith(f"{shard.tar}: truncated (3000 bytes; its index reaches")
+    (damaged / shard.index).write_text("v1.2 x\n")
+    assert "not a readable DALI index" in str(shard_files_problem(shard, tar, idx))
+    os.remove(tar)
+    assert str(shard_files_problem(shard, tar, idx)) == f"{shard.tar}: missing"
+
+
+def test_members_and_files_that_cannot_be_read_are_problems_not_tracebacks(damaged):
+    from shards.writer import ShardWriter
+
+    with ShardWriter(damaged, "val-000000") as w:  # same key and count, a json member that is a list
+        w.write("val_00000000", (damaged / "mean_image.npy").read_bytes()[:10], 0, {})
+    tar = damaged / "val-000000.tar"
+    data = tar.read_bytes().replace(b'{"label": 0}', b'[1, 2, 3, 4]')
+    tar.write_bytes(data)
+    os.remove(damaged / "train-000000.tar")
+    (damaged / "train-000000.tar").mkdir()
+    text = [str(p) for p in verify_shard_dir(damaged, workers=1).problems]
+    assert "train-000000.tar: unreadable (Is a directory)" in text, text
+    assert any(t.startswith("val-000000.tar:val_00000000: json is not an object") for t in text), text

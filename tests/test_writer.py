@@ -102,3 +102,23 @@ def test_an_aborted_or_empty_shard_leaves_no_file(tmp_path):
         with ShardWriter(tmp_path, "train-000002") as w:
             w.write("a.b", jpeg(0), 1, {})
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("when", ["write", "close"])
+def test_a_full_disk_names_the_shard_and_leaves_no_file(tmp_path, monkeypatch, when):
+    """The disk refuses a write (no file name in the error): the error names the tar being
+    written, and neither it nor its temporary stays."""
+    import errno
+
+    from shards import writer
+
+    def refuse(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    w = ShardWriter(tmp_path, "train-000000")
+    monkeypatch.setattr(writer._HashingFile, "write" if when == "write" else "close", refuse)
+    with pytest.raises(OSError) as e:
+        with w:
+            w.write(sample_key("train", 0), jpeg(0), 1, {})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "train-000000.tar.tmp")
+    assert os.listdir(tmp_path) == []

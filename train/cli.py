@@ -91,15 +91,14 @@ def _output_file(path, option):
 
 
 def _check_shards(shards, split=None):
-    from shards import Manifest, ManifestError
+    """The manifest of SHARDS, holding `split`; else shards.ManifestError, one line: exit 2 for
+    no directory or no manifest, exit 1 (DamagedManifest) for a damaged one."""
+    from shards import Manifest
 
-    try:
-        m = Manifest.load(shards)
-        if split:
-            m.split(split)
-        return m
-    except ManifestError as e:
-        raise UserError(str(e)) from None
+    m = Manifest.load(shards)
+    if split:
+        m.split(split)
+    return m
 
 
 def _opt(*decls, field, **kwargs):

@@ -129,7 +129,10 @@ def record_evaluation(checkpoint, shards, result) -> None:
     run = os.path.dirname(os.path.abspath(str(checkpoint)))
     if not os.path.exists(os.path.join(run, "config.json")):
         return
-    row = {"checkpoint": os.path.basename(str(checkpoint)), "shards": os.path.abspath(str(shards)),
+    from shards.store import is_s3_url
+
+    where = str(shards) if is_s3_url(shards) else os.path.abspath(str(shards))
+    row = {"checkpoint": os.path.basename(str(checkpoint)), "shards": where,
            **{k: result[k] for k in ("step", "ten_crop", "top1_error", "top5_error", "loss", "samples")}}
     with open(os.path.join(run, "evaluations.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")

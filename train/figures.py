@@ -38,11 +38,12 @@ NEIGHBOURS_K = 6  # the paper's six training images per query
 def mean_crop(shards, manifest=None):
     """The 224×224×3 centre crop of the training mean image, in 0–255 units (float32)."""
     from shards import Manifest
+    from shards.store import open_store, read_array
 
     manifest = manifest or Manifest.load(shards)
     if manifest.stats is None:
         raise ValueError(f"{shards}: the manifest has no training statistics (mean image)")
-    mean = np.load(os.path.join(str(shards), manifest.stats.mean_image)).astype(np.float32)
+    mean = read_array(open_store(shards), manifest.stats.mean_image).astype(np.float32)  # a folder or s3://
     off = (mean.shape[0] - CROP) // 2
     return mean[off : off + CROP, off : off + CROP] * 255.0
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 import alexnet_cli
 from demo import sample_data
 from preprocess.source import scan
-from samplekit import (CLASSES, VAL_PER_CLASS, cli, one_line_error, part_runs, run, single, src,  # noqa: F401
-                       tars)
+from samplekit import (CLASSES, VAL_PER_CLASS, alive, children, cli, interrupt, one_line_error,  # noqa: F401
+                       part_runs, run, single, src, tars)
 
 
 def test_cli_bad_invocations_exit_2_and_touch_nothing(src, single, tmp_path):
@@ -133,17 +133,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     whole = tmp_path / "whole"
     run(src, whole, shard_size=2)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "alexnet_cli", "preprocess", str(src), str(out), "--workers", "1",
-           "--shard-size", "2", "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        # the record is written after the tar: once it is there, shard 0 is complete
-        while not (out / ".parts" / "train-000000.npz").exists() and time.time() < deadline:
-            time.sleep(0.0005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    cmd, _, _ = interrupt(src, out, "train-000000", signal.SIGKILL)
     assert (out / "train-000000.tar").exists() and (out / ".parts" / "train-000000.npz").exists()
     assert not (out / "manifest.json").exists(), "the run finished before the kill; nothing was tested"
     # leftovers of other accidents: stray temporaries, a final-named tar without its record
@@ -160,22 +150,6 @@ def test_resume_after_kill_is_byte_identical(tmp_path):
     assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
 
 
-def _children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_end_when_the_main_process_is_killed(src, tmp_path, sig):
@@ -184,17 +158,17 @@ def test_workers_end_when_the_main_process_is_killed(src, tmp_path, sig):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
-        while len(_children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
+        while len(children(proc.pid)) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.01)
-        workers = _children(proc.pid)
+        workers = children(proc.pid)
         assert len(workers) >= 2, "the pool never started; nothing was tested"
         proc.send_signal(sig)
     finally:
         proc.wait()
     deadline = time.time() + 10
-    while any(_alive(w) for w in workers) and time.time() < deadline:
+    while any(alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.05)
-    assert not [w for w in workers if _alive(w)], "orphaned workers"
+    assert not [w for w in workers if alive(w)], "orphaned workers"
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_runs(src, single, tmp_path):

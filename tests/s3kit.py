@@ -1,0 +1,192 @@
+"""A real S3 server on loopback for tests and benchmarks: `moto_server` (the `moto[server]` dev
+dependency) on 127.0.0.1 at a free port, with request signing checked, so that wrong credentials
+are refused as a real store refuses them.
+
+    with S3Server() as s3:            # starts the server, makes an IAM user allowed everything
+        os.environ.update(s3.env)     # AWS_ENDPOINT_URL, that user's keys, the region
+        s3.make_bucket("shards")
+        ...                           # boto3 (shards.store) and DALI's reader both talk to it
+
+`s3.env` is all either SDK needs: the endpoint, the keys, the region, and
+AWS_EC2_METADATA_DISABLED (no probe of an instance metadata service that is not there). With
+`S3Server(relay=True)` the endpoint is a `Relay` in front of the server, which a test can cut.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Relay:
+    """A TCP relay from 127.0.0.1:<port> to `target_port`, which can hold each chunk a client
+    sends for `delay` seconds (one HTTP request is about one chunk: a store that far away) and
+    can be `cut()` (the store gone: connections reset, new ones refused) and restored.
+
+    DALI's S3 client reads AWS_ENDPOINT_URL once per process, so a test that takes the store away
+    from a DALI reader cuts the relay it has been talking to instead of changing the variable."""
+
+    def __init__(self, target_port: int, delay: float = 0.0):
+        self.target, self.delay = ("127.0.0.1", target_port), delay
+        self.port = free_port()
+        self._live = set()
+        self._lock = threading.Lock()
+        self._listen()
+
+    def _listen(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(128)
+        threading.Thread(target=self._accept, args=(self.sock,), daemon=True).start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            with self._lock:
+                self._live |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, delayed):
+        try:
+            while data := src.recv(1 << 16):
+                if delayed and self.delay:
+                    time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                self._drop(s)
+
+    def _drop(self, s):
+        with self._lock:
+            self._live.discard(s)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+
+    @contextlib.contextmanager
+    def cut(self):
+        """While the block runs the store is gone: open connections are reset, new ones refused."""
+        self.sock.close()
+        with self._lock:
+            live = list(self._live)
+        for s in live:
+            self._drop(s)
+        try:
+            yield
+        finally:
+            self._listen()
+
+    def close(self):
+        self.sock.close()
+        with self._lock:
+            live = list(self._live)
+        for s in live:
+            self._drop(s)
+
+
+class S3Server:
+    """moto_server on 127.0.0.1:<free port>, authenticating every request after the first three
+    (the three that make the IAM user whose keys `env` holds)."""
+
+    def __init__(self, log_path=os.devnull, relay: bool = False):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"  # the server itself
+        self.log_path = log_path
+        self.proc = None
+        self.relay = None
+        self.want_relay = relay
+        self.env = {}
+
+    def __enter__(self) -> "S3Server":
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        try:
+            self._wait()
+            self.env = self._make_user()
+            if self.want_relay:  # clients talk to the relay, which can be cut (Relay.cut)
+                self.relay = Relay(self.port)
+                self.env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.relay.port}"
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        if self.relay is not None:
+            self.relay.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def _wait(self, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with code {self.proc.returncode} (see {self.log_path})")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not listen on {self.endpoint} within {timeout:.0f} s")
+                time.sleep(0.05)
+
+    def _make_user(self) -> dict:
+        import boto3
+
+        iam = boto3.session.Session().client("iam", endpoint_url=self.endpoint, region_name=REGION,
+                                             aws_access_key_id="testing", aws_secret_access_key="testing")
+        iam.create_user(UserName="shards")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="shards", PolicyName="all", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="shards")["AccessKey"]
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": REGION,
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def client(self):
+        """A boto3 S3 client with the server's keys, talking to the server itself (not the relay)."""
+        import boto3
+
+        e = self.env
+        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name=REGION,
+                                              aws_access_key_id=e["AWS_ACCESS_KEY_ID"],
+                                              aws_secret_access_key=e["AWS_SECRET_ACCESS_KEY"])
+
+    def make_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return f"s3://{name}"

@@ -1,0 +1,336 @@
+"""Shard directories on S3 against a real server on loopback (`moto_server`, tests/s3kit.py):
+reading s3://bucket/prefix gives what reading the same directory from disk gives (the manifest,
+the same batches in the same order, the same losses, the same verify and stats), `alexnet upload`
+writes the manifest last and a rerun sends only what is missing, and what goes wrong on the wire
+is one line naming the URL (exit 2 for a wrong address or credentials, 1 for damage)."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[dev]')")
+pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
+
+from s3kit import S3Server  # noqa: E402
+from samplekit import cli, one_line_error  # noqa: E402
+from shardkit import make_shards  # noqa: E402
+from shards import Manifest  # noqa: E402
+from shards.errors import Damage, UserError  # noqa: E402
+from shards.store import SHA256_KEY, open_store  # noqa: E402
+from shards.upload import upload_shard_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with S3Server(log_path=str(log), relay=True) as s3:
+        s3.make_bucket("shards")
+        yield s3
+
+
+@pytest.fixture(autouse=True)
+def aws_env(server, monkeypatch):
+    """The server's endpoint and keys for boto3 and DALI in this process, nothing from ~/.aws."""
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    d = tmp_path_factory.mktemp("local") / "shards"
+    d.mkdir()
+    make_shards(d, n_train=32, n_val=12, classes=8, shard_size=12, seed=1)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def remote(server, local):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in server.env.items():
+            mp.setenv(k, v)
+        upload_shard_dir(local, "s3://shards/imagenet/v1")
+    return "s3://shards/imagenet/v1"
+
+
+def objects(server, prefix):
+    """{key below prefix: (bytes, metadata)} of every object under `prefix`."""
+    c = server.client()
+    out = {}
+    for obj in c.list_objects_v2(Bucket="shards", Prefix=prefix + "/").get("Contents", []):
+        got = c.get_object(Bucket="shards", Key=obj["Key"])
+        out[obj["Key"][len(prefix) + 1:]] = (got["Body"].read(), got["Metadata"])
+    return out
+
+
+def copy_prefix(server, src, dst, skip=()):
+    c = server.client()
+    for key, (data, meta) in objects(server, src).items():
+        if key not in skip:
+            c.put_object(Bucket="shards", Key=f"{dst}/{key}", Body=data, Metadata=meta)
+    return f"s3://shards/{dst}"
+
+
+# --- reading: the same as from disk -----------------------------------------------------------
+
+def test_click_keeps_s3_urls():
+    import click
+    from click.testing import CliRunner
+
+    @click.command()
+    @click.argument("out", type=click.Path(file_okay=False))
+    def show(out):
+        click.echo(out)
+
+    for url in ("s3://shards/imagenet/v1", "s3://shards/imagenet/v1/", "s3://b"):
+        assert CliRunner().invoke(show, [url]).output == url + "\n"
+
+
+def test_the_manifest_from_s3_is_the_manifest_on_disk(local, remote):
+    assert Manifest.load(remote) == Manifest.load(local)
+    assert Manifest.load(remote + "/") == Manifest.load(local)
+    tars = Manifest.load(remote).shard_paths(remote, "train")
+    assert tars[0] == (f"{remote}/train-000000.tar", f"{remote}/train-000000.idx")
+
+
+def test_upload_stores_each_sha256_and_is_byte_identical(server, local, remote):
+    got = objects(server, "imagenet/v1")
+    want = sorted(f for f in os.listdir(local) if not f.startswith("."))
+    assert sorted(got) == want
+    for name, (data, meta) in got.items():
+        assert data == open(os.path.join(local, name), "rb").read(), name
+        assert meta == {SHA256_KEY: hashlib.sha256(data).hexdigest()}
+
+
+def test_the_same_batches_in_the_same_order(local, remote):
+    import torch
+
+    from pipeline import build_loader
+
+    for split, kw in (("train", {"seed": 3}), ("val", {})):
+        loaders = [build_loader(d, split, 8, num_threads=1, **kw) for d in (local, remote)]
+        try:
+            for epoch in (0, 1) if split == "train" else (0,):
+                for loader in loaders:
+                    loader.set_epoch(epoch)
+                a, b = (list(loader) for loader in loaders)
+                assert len(a) == len(b) == len(loaders[0]) > 0
+                for (xa, ya), (xb, yb) in zip(a, b):
+                    assert torch.equal(ya, yb) and torch.equal(xa, xb)
+        finally:
+            for loader in loaders:
+                loader.close()
+
+
+def test_the_reference_loader_reads_s3_too(local, remote):
+    import torch
+
+    from pipeline import build_reference_loader
+
+    a, b = (list(build_reference_loader(d, "val", 8, num_workers=0)) for d in (local, remote))
+    assert len(a) == len(b) == 2
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+def test_the_same_losses_for_the_same_seed(local, remote, tmp_path):
+    from trainkit import metric_rows, train_run
+
+    for name, shards in (("disk", local), ("s3", remote)):
+        train_run(shards, tmp_path / name, max_steps=2, seed=5)
+    rows = {name: [r for r in metric_rows(tmp_path / name) if "loss" in r and "top1_error" not in r]
+            for name in ("disk", "s3")}
+    assert [r["step"] for r in rows["s3"]] == [1, 2]
+    assert [r["loss"] for r in rows["s3"]] == [r["loss"] for r in rows["disk"]]
+
+
+def test_verify_and_stats_say_the_same(local, remote):
+    for args in (["verify"], ["stats"], ["stats", "--json"]):
+        a, b = cli(*args, local), cli(*args, remote)
+        assert a.exit_code == b.exit_code == 0, (a.output, b.output)
+        assert b.stdout == a.stdout.replace(local, remote)
+    assert cli("verify", remote).stdout.startswith(f"ok: {remote}: 4 shards, 44 samples")
+
+
+# --- writing: complete objects, the manifest last, a rerun sends only what is missing ---------
+
+def test_a_rerun_uploads_nothing(local, remote):
+    r = upload_shard_dir(local, remote)
+    assert r.uploaded == [] and len(r.kept) == len(os.listdir(local))
+
+
+def test_an_interrupted_upload_resumes_to_the_same_objects(server, local):
+    class Killed(BaseException):
+        pass
+
+    seen = []
+
+    def die_after_three(done, total):
+        seen.append(done)
+        if len(seen) == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        upload_shard_dir(local, "s3://shards/resumed", jobs=1, progress=die_after_three)
+    partial = objects(server, "resumed")
+    assert 3 <= len(partial) < len(os.listdir(local)) - 1 and "manifest.json" not in partial  # no directory yet
+    one_line_error(cli("stats", "s3://shards/resumed"), 2, ["s3://shards/resumed/manifest.json", "no manifest"])
+    r = upload_shard_dir(local, "s3://shards/resumed")
+    assert sorted(r.kept) == sorted(partial) and sorted(r.uploaded + r.kept) == sorted(os.listdir(local))
+    assert objects(server, "resumed") == objects(server, "imagenet/v1")
+
+
+def test_a_changed_directory_hides_its_manifest_while_it_is_rewritten(server, local, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    make_shards(other, n_train=32, n_val=12, classes=8, shard_size=12, seed=2)
+    url = copy_prefix(server, "imagenet/v1", "changed")
+    store = open_store(url)
+    manifests = []
+    upload_shard_dir(other, url, progress=lambda done, total: manifests.append(store.exists("manifest.json")))
+    assert manifests[:-1] == [False] * (len(manifests) - 1) and store.exists("manifest.json")
+    assert Manifest.load(url) == Manifest.load(other)
+    assert cli("verify", url).exit_code == 0
+
+
+def test_upload_refuses_a_damaged_shard_and_a_local_destination(server, local, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(local, damaged)
+    tar = damaged / "val-000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[2000] ^= 0xFF  # same size, other bytes
+    tar.write_bytes(bytes(data))
+    with pytest.raises(Damage, match="val-000000.tar: sha256 differs from the manifest"):
+        upload_shard_dir(damaged, "s3://shards/damaged")
+    assert "manifest.json" not in objects(server, "damaged")
+    line = one_line_error(cli("upload", local, str(tmp_path / "elsewhere")), 2, ["not an s3:// URL"])
+    assert "s3://bucket/prefix" in line
+
+
+def test_upload_command(local, server):
+    result = cli("upload", local, "s3://shards/by-cli")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("upload: s3://shards/by-cli: 12 objects, 12 uploaded")
+    assert objects(server, "by-cli") == objects(server, "imagenet/v1")
+
+
+# --- faults on the wire: one line naming the URL ---------------------------------------------
+
+def test_a_missing_bucket_or_prefix(remote):
+    one_line_error(cli("stats", "s3://no-such-bucket/x"), 2, ["s3://no-such-bucket: no such bucket",
+                                                             "AWS_ENDPOINT_URL"])
+    one_line_error(cli("verify", "s3://shards/nothing/here"), 2, ["s3://shards/nothing/here/manifest.json",
+                                                                  "no manifest"])
+    one_line_error(cli("train", "s3://no-such-bucket/x", "--out", "/tmp/unused-run"), 2, ["no such bucket"])
+
+
+@pytest.mark.parametrize("var, value, code", [("AWS_SECRET_ACCESS_KEY", "wrong", "SignatureDoesNotMatch"),
+                                              ("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0", "InvalidAccessKeyId")])
+def test_wrong_credentials(remote, monkeypatch, var, value, code):
+    monkeypatch.setenv(var, value)
+    for command in ("stats", "verify"):
+        line = one_line_error(cli(command, remote), 2, [remote, "access denied", "AWS_ACCESS_KEY_ID"])
+        assert code in line or "403" in line
+
+
+def test_no_credentials(remote, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    one_line_error(cli("stats", remote), 2, [remote, "no AWS credentials found"])
+
+
+def test_an_unreachable_endpoint(remote, monkeypatch):
+    from s3kit import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    one_line_error(cli("stats", remote), 2, [remote, "cannot reach the S3 endpoint", "AWS_ENDPOINT_URL"])
+    one_line_error(cli("eval", remote, "/tmp/none.pt"), 2, ["cannot reach the S3 endpoint"])
+
+
+def test_a_truncated_object(server, remote):
+    url = copy_prefix(server, "imagenet/v1", "truncated")
+    tar = open_store(url).read_bytes("train-000001.tar")
+    server.client().put_object(Bucket="shards", Key="truncated/train-000001.tar", Body=tar[: len(tar) // 2])
+    result = cli("verify", url)
+    assert result.exit_code == 1 and "train-000001.tar: sha256 differs" in result.stdout
+    with pytest.raises(Damage, match=f"^{url}/train-000001.tar: truncated"):
+        from pipeline import build_loader
+
+        build_loader(url, "train", 8)
+
+
+def test_an_object_missing_from_the_directory(server, remote):
+    url = copy_prefix(server, "imagenet/v1", "missing", skip={"val-000000.idx"})
+    result = cli("verify", url)
+    assert result.exit_code == 1 and "val-000000.idx: missing" in result.stdout
+    with pytest.raises(Damage, match=f"^{url}/val-000000.idx: missing from the shard directory"):
+        from pipeline import build_loader
+
+        build_loader(url, "val", 4)
+
+
+def test_dali_errors_during_an_epoch_are_one_line(server, remote, monkeypatch):
+    """What changes after the loader checked the objects reaches DALI's own S3 client."""
+    from pipeline import build_loader
+
+    url = copy_prefix(server, "imagenet/v1", "vanishing")
+    loader = build_loader(url, "val", 4, num_threads=1)
+    server.client().delete_object(Bucket="shards", Key="vanishing/val-000000.tar")
+    with pytest.raises(Damage) as e:
+        list(loader)
+    assert str(e.value).startswith(f"{url}/val-000000.tar: DALI could not read it") and "\n" not in str(e.value)
+
+    loader = build_loader(remote, "val", 4, num_threads=1)
+    with server.relay.cut(), pytest.raises(UserError) as e:  # the store goes away
+        list(loader)
+    assert type(e.value) is UserError and str(e.value).startswith(f"{remote}/val-000000.tar: DALI lost the S3 endpoint")
+
+
+def test_training_stops_cleanly_and_keeps_its_last_checkpoint(server, remote, tmp_path, monkeypatch):
+    from s3kit import free_port
+
+    run = tmp_path / "run"
+    result = cli("train", remote, "--out", run, "--width", "0.125", "--init", "kaiming", "--batch-size", "8",
+                 "--device", "cpu", "--epochs", "1", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    last = (run / "last.pt").read_bytes()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    line = one_line_error(cli("train", remote, "--out", run, "--resume", "--epochs", "2"), 2,
+                          [remote, "cannot reach the S3 endpoint"])
+    assert "Traceback" not in line and (run / "last.pt").read_bytes() == last
+
+
+def test_training_loses_the_store_mid_run(server, remote, tmp_path, monkeypatch):
+    """The store goes away after the trainer started: one line, and what was written is kept."""
+    import train.trainer
+    from trainkit import SMALL
+    from train.config import TrainConfig
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(shards=remote, out=str(run), **{**SMALL, "epochs": 2, "num_threads": 1})
+    t = train.trainer.Trainer(cfg, progress=False)
+    real_save, cut = t.save, server.relay.cut()
+
+    def save_then_lose_the_store(*a, **kw):
+        path = real_save(*a, **kw)
+        cut.__enter__()
+        return path
+
+    monkeypatch.setattr(t, "save", save_then_lose_the_store)
+    try:
+        with pytest.raises(UserError, match="DALI lost the S3 endpoint"):
+            t.fit()
+    finally:
+        cut.__exit__(None, None, None)
+        t.close()
+    assert t.epoch == 1  # epoch 0 done and checkpointed; epoch 1 could not start reading
+    state = __import__("torch").load(run / "last.pt", weights_only=False)
+    assert state["step"] == 4
+    assert json.loads((run / "config.json").read_text())["shards"] == remote
