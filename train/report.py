@@ -4,6 +4,8 @@ curves."""
 import json
 import os
 
+from shards.errors import file_error
+from shards.files import read_json
 from train.plots import _agg, read_metrics
 
 # Table 2, "1 CNN": top-1 and top-5 error on the ILSVRC-2012 validation set, with Section 4.1's
@@ -22,10 +24,9 @@ def read_run(run) -> dict:
     if not os.path.isfile(config):
         raise ValueError(f"{run}: not a run directory of `alexnet train` (no config.json)")
     try:
-        with open(config) as f:
-            settings = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config}: not readable ({e})") from None
+        settings = read_json(config)
+    except (OSError, ValueError) as e:  # JSON and UnicodeDecodeError are ValueErrors
+        raise file_error(e, config, "the run's settings are damaged") from None
     metrics = os.path.join(run, "metrics.jsonl")
     train, val = read_metrics(metrics) if os.path.exists(metrics) else ([], [])
     r = {"name": os.path.basename(os.path.normpath(run)), "path": run, "settings": settings,
