@@ -50,8 +50,9 @@ def _part(ctx, param, value):
               help="Only the first N files of each split (training: of the shuffled order).")
 @click.option("--max-errors", type=click.IntRange(0), default=None,
               help="Exit 1 when more files than this fail (default: no limit; failures are always reported).")
-@click.option("--part", callback=_part, default=None, metavar="i/N",
-              help="Write only the shards n with n % N == i (for N machines; combine with `alexnet merge`).")
+@click.option("--part", callback=_part, default=None, metavar="i/N|auto",
+              help="Write only the shards n with n % N == i (for N machines; combine with `alexnet merge`). "
+                   "'auto': i and N of this task of a Slurm job array (sbatch --array=0-N-1).")
 @click.option("--filter", "resize_filter", type=click.Choice(["bilinear", "bicubic"]), default="bilinear",
               show_default=True, help="Antialiased resampling filter (bicubic: ~10% slower, a little sharper).")
 @click.option("--strict", is_flag=True,
@@ -86,6 +87,7 @@ def preprocess(src, out, workers, shard_size, quality, seed, split, limit, max_e
       alexnet preprocess /data/ILSVRC2012 /data/shards --workers 32
       alexnet preprocess /data/ILSVRC2012 /data/shards --split val     # add val later
       alexnet preprocess /data/ILSVRC2012 /scratch/p0 --part 0/4       # machine 0 of 4
+      alexnet preprocess /data/ILSVRC2012 /scratch/p$SLURM_ARRAY_TASK_ID --part auto   # in sbatch --array
     """
     _single_threaded_blas()
     from preprocess.plan import Settings

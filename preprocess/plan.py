@@ -30,7 +30,11 @@ class Part:
     count: int
 
     @classmethod
-    def parse(cls, text: str) -> "Part":
+    def parse(cls, text: str, env=None) -> "Part":
+        """`i/N`, or `auto`: this task's place in a Slurm job array (`from_slurm`, from `env`,
+        default os.environ)."""
+        if text == "auto":
+            return cls.from_slurm(os.environ if env is None else env)
         try:
             i, n = (int(x) for x in text.split("/"))
         except ValueError:
@@ -38,6 +42,31 @@ class Part:
         if not (n >= 1 and 0 <= i < n):
             raise ValueError(f"--part {text}: need 0 <= i < N")
         return cls(i, n)
+
+    @classmethod
+    def from_slurm(cls, env) -> "Part":
+        """The part of this task of a Slurm job array (`sbatch --array=0-7`: N = 8, and task
+        SLURM_ARRAY_TASK_ID is part ID - SLURM_ARRAY_TASK_MIN, so `--array=1-8` works too, and a
+        step `--array=0-14:2` counts in steps); ValueError when the environment holds no array or
+        its indices are not a range."""
+        names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+                 "SLURM_ARRAY_TASK_STEP")
+        if not all(env.get(k) for k in names[:2]):
+            raise ValueError("--part auto: not a task of a Slurm job array (SLURM_ARRAY_TASK_ID and "
+                             "SLURM_ARRAY_TASK_COUNT are not set); submit with `sbatch --array=0-N-1` or give --part i/N")
+        try:
+            task, count, low, high, step = (int(env[k]) if env.get(k) else None for k in names)
+        except ValueError:
+            raise ValueError("--part auto: the SLURM_ARRAY_TASK_* variables are not integers "
+                             f"({', '.join(f'{k}={env.get(k)!r}' for k in names if env.get(k))})") from None
+        low = 0 if low is None else low
+        step = 1 if step is None else step
+        index, off_step = divmod(task - low, step) if step > 0 else (-1, 1)
+        if off_step or not 0 <= index < count or (high is not None and high != low + (count - 1) * step):
+            raise ValueError(f"--part auto: the job array's indices are not a range (task {task} of {count}, "
+                             f"min {low}, max {high}, step {step}); use e.g. --array=0-{count - 1}, or give "
+                             "--part i/N")
+        return cls(index, count)
 
     def owns(self, number: int) -> bool:
         return number % self.count == self.index

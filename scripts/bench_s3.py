@@ -20,103 +20,66 @@ MB/s counts the tar bytes per sample (tar size / samples; the members DALI reads
 import argparse
 import json
 import os
-import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts"), os.path.join(ROOT, "tests")]
 
 
-class Relay:
-    """A TCP relay on 127.0.0.1 that holds every chunk a client sends for `delay` seconds before
-    passing it on (one HTTP request is one chunk here): a store `delay` farther away."""
-
-    def __init__(self, target_port: int, delay: float):
-        self.target, self.delay = ("127.0.0.1", target_port), delay
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            threading.Thread(target=self._pump, args=(client, upstream, self.delay), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, 0.0), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst, delay):
-        try:
-            while data := src.recv(1 << 16):
-                if delay:
-                    time.sleep(delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.sock.close()
-
-
-def reader_pipeline(shards, batch, threads):
+def reader_pipeline(shards, batch, threads, shuffle_buffer, prefetch):
     """DALI's webdataset reader alone over the training shards, as the loader configures it."""
     from nvidia.dali import Pipeline, fn
 
     from shards import Manifest
 
     tars, idx = zip(*Manifest.load(shards).shard_paths(shards, "train"))
-    pipe = Pipeline(batch_size=batch, num_threads=threads, device_id=None, seed=0, prefetch_queue_depth=2)
+    pipe = Pipeline(batch_size=batch, num_threads=threads, device_id=None, seed=0, prefetch_queue_depth=prefetch)
     with pipe:
         jpegs, cls = fn.readers.webdataset(paths=list(tars), index_paths=list(idx), ext=["jpg", "cls"],
-                                           random_shuffle=True, initial_fill=256, name="reader")
+                                           random_shuffle=True, initial_fill=shuffle_buffer, name="reader")
         pipe.set_outputs(jpegs, cls)
     pipe.build()
     return pipe
 
 
-def measure_reader(shards, batch, threads, warmup, batches):
-    pipe = reader_pipeline(shards, batch, threads)
+def measure_reader(shards, batch, threads, warmup, batches, shuffle_buffer, prefetch, log=None):
+    """(img/s of the reader alone, tar GETs per sample in the timed batches: None without a log)."""
+    pipe = reader_pipeline(shards, batch, threads, shuffle_buffer, prefetch)
     for _ in range(warmup):
         pipe.run()
+    gets = count_gets(log)
     t = time.perf_counter()
     for _ in range(batches):
         pipe.run()
     rate = batches * batch / (time.perf_counter() - t)
+    time.sleep(0.2)  # the server's log lines of the last requests
+    per_sample = (count_gets(log) - gets) / (batches * batch) if log else None
     del pipe
-    return rate
+    return rate, per_sample
 
 
-def measure_loader(shards, batch, threads, warmup, batches):
+def measure_loader(shards, batch, threads, warmup, batches, shuffle_buffer, prefetch):
     from bench_pipeline import measure
 
     from pipeline import build_loader
 
-    loader = build_loader(shards, "train", batch, device="cpu", lighting=0.1, num_threads=threads, prepare_next=False)
+    loader = build_loader(shards, "train", batch, device="cpu", lighting=0.1, num_threads=threads, prepare_next=False,
+                          shuffle_buffer=shuffle_buffer, prefetch=prefetch)
     rate, _ = measure(loader, warmup, batches, "cpu")
     loader.close()
     return rate
 
 
-def count_gets(log_path, prefix):
+def count_gets(log_path):
+    """GET requests of tars in the server's log so far (moto_server logs one line per request)."""
     if not log_path:
         return None
     with open(log_path, errors="replace") as f:
-        return sum(1 for line in f if f"GET /{prefix}" in line and ".tar" in line)
+        return sum(1 for line in f if "GET /" in line and ".tar HTTP" in line)
 
 
 def main(argv=None):
@@ -125,16 +88,31 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1024, help="images to generate without --shards")
     p.add_argument("--s3", help="s3://bucket/prefix of a real store to upload to and read (default: a local moto_server)")
     p.add_argument("--latency-ms", default="", help="comma-separated delays for extra S3 rows through a relay (local server only)")
+    p.add_argument("--auth-off", action="store_true", help="the local server checks no signatures (less work per request)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=2, help="batches excluded at the start")
-    p.add_argument("--batches", type=int, default=None, help="batches timed (default: most of an epoch, at most 30)")
+    p.add_argument("--batches", type=int, default=None, help="batches timed (default: most of an epoch, at most 15)")
     p.add_argument("--threads", type=int, default=None, help="DALI CPU threads (default: all cores)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each; the median is reported")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each; the median is reported")
     p.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    p.add_argument("--shuffle-buffer", type=int, default=64,
+                   help="samples in the reader's shuffle buffer: small, so that the timed batches are read while "
+                        "they are timed, not from a buffer filled before")
+    p.add_argument("--prefetch", type=int, default=2, help="batches DALI prepares ahead (prefetch_queue_depth)")
+    p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one source, print JSON
+    p.add_argument("--log", help=argparse.SUPPRESS)  # internal: the server's log, to count GETs
     a = p.parse_args(argv)
+    if a.measure:
+        args = (a.measure, a.batch_size, a.threads, a.warmup, a.batches, a.shuffle_buffer, a.prefetch)
+        reads = [measure_reader(*args, log=a.log) for _ in range(a.repeats)]
+        loads = [measure_loader(*args) for _ in range(a.repeats)]
+        gets = [g for _, g in reads if g is not None]
+        print(json.dumps({"read": statistics.median(r for r, _ in reads), "loader": statistics.median(loads),
+                          "gets_per_sample": statistics.median(gets) if gets else None}))
+        return
 
     from bench_pipeline import generate
-    from s3kit import S3Server
+    from s3kit import Relay, S3Server
 
     from shards import Manifest
     from shards.store import open_store
@@ -158,14 +136,14 @@ def main(argv=None):
 
     jpeg = [size for s in train.shards for sample in read_index(os.path.join(local, s.index))
             for ext, _, size, _ in sample if ext == "jpg"]
-    batches = a.batches or max(1, min(30, train.samples // a.batch_size - a.warmup - 1))
+    batches = a.batches or max(1, min(15, train.samples // a.batch_size - a.warmup - 1))
 
     server = None
     log = os.path.join(tmp.name if tmp else tempfile.gettempdir(), "moto.log")
     if a.s3:
         url, log = a.s3, None
     else:
-        server = S3Server(log_path=log).__enter__()
+        server = S3Server(log_path=log, auth=not a.auth_off).__enter__()
         os.environ.update(server.env)
         url = server.make_bucket("bench") + "/shards"
     try:
@@ -183,28 +161,33 @@ def main(argv=None):
             sources[f"s3+{ms}ms"] = (url, f"http://127.0.0.1:{relay.port}")
         rows = {}
         for name, (where, endpoint) in sources.items():
+            env = dict(os.environ)
             if endpoint:
-                os.environ["AWS_ENDPOINT_URL"] = endpoint
-            elif server is not None:
-                os.environ["AWS_ENDPOINT_URL"] = server.endpoint
-            gets0 = count_gets(log, "bench/shards/") if name != "disk" else None
-            reads = [measure_reader(where, a.batch_size, threads, a.warmup, batches) for _ in range(a.repeats)]
-            gets = (count_gets(log, "bench/shards/") - gets0) if gets0 is not None else None
-            loads = [measure_loader(where, a.batch_size, threads, a.warmup, batches) for _ in range(a.repeats)]
-            read, load = statistics.median(reads), statistics.median(loads)
-            # the reader reads warm-up, timed and prefetched batches: count per sample it read
-            read_samples = a.repeats * (a.warmup + batches + 2 + 1) * a.batch_size
+                env["AWS_ENDPOINT_URL"] = endpoint
+            # a process per source: DALI's S3 client reads AWS_ENDPOINT_URL once per process
+            command = [sys.executable, os.path.abspath(__file__), "--measure", where, "--batch-size", str(a.batch_size),
+                       "--warmup", str(a.warmup), "--batches", str(batches), "--threads", str(threads),
+                       "--repeats", str(a.repeats), "--shuffle-buffer", str(a.shuffle_buffer), "--prefetch", str(a.prefetch)]
+            if log and name != "disk":
+                command += ["--log", log]
+            child = subprocess.run(command, env=env, capture_output=True, text=True)
+            if child.returncode:
+                sys.exit(f"bench_s3: measuring {name} failed:\n{child.stderr[-2000:]}")
+            m = json.loads(child.stdout.strip().splitlines()[-1])
+            read, load, per_sample = m["read"], m["loader"], m["gets_per_sample"]
             rows[name] = {"read_img_s": round(read, 1), "read_MB_s": round(read * tar_bytes / 1e6, 2),
                           "loader_img_s": round(load, 1), "loader_MB_s": round(load * tar_bytes / 1e6, 2),
-                          "gets_per_sample": round(gets / read_samples, 2) if gets is not None else None,
-                          "ms_per_get": round(1e3 / (read * gets / read_samples), 2) if gets else None}
+                          "gets_per_sample": round(per_sample, 2) if per_sample is not None else None,
+                          "ms_per_get": round(1e3 / (read * per_sample), 2) if per_sample else None}
             say(f"{name}: {rows[name]}")
+        for relay in relays:
+            relay.close()
     finally:
         if server is not None:
             server.stop()
         if tmp is not None:
             tmp.cleanup()
-    result = {"threads": threads, "batch_size": a.batch_size, "samples": train.samples, "batches_timed": batches,
+    result = {"threads": threads, "prefetch": a.prefetch, "batch_size": a.batch_size, "samples": train.samples, "batches_timed": batches,
               "tar_bytes_per_sample": round(tar_bytes), "jpeg_bytes_mean": round(statistics.mean(jpeg)),
               "upload_MB_s": round(up.bytes_sent / 1e6 / upload_s, 1), "server": "moto_server on 127.0.0.1" if server else url,
               "rows": rows}
@@ -212,7 +195,8 @@ def main(argv=None):
         print(json.dumps(result))
         return
     print(f"bench_s3: {train.samples} samples, {result['tar_bytes_per_sample']:,} tar bytes/sample "
-          f"(JPEG mean {result['jpeg_bytes_mean']:,} B), batch {a.batch_size}, {threads} DALI threads, "
+          f"(JPEG mean {result['jpeg_bytes_mean']:,} B), batch {a.batch_size}, {threads} DALI threads, prefetch "
+          f"{a.prefetch}, "
           f"{batches} timed batches, median of {a.repeats}; S3: {result['server']} "
           f"(upload {result['upload_MB_s']} MB/s)")
     print(f"{'source':<12} {'read img/s':>10} {'read MB/s':>10} {'loader img/s':>13} {'loader MB/s':>12} "

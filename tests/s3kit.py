@@ -32,102 +32,97 @@ def free_port() -> int:
 
 
 class Relay:
-    """A TCP relay from 127.0.0.1:<port> to `target_port`, which can hold each chunk a client
-    sends for `delay` seconds (one HTTP request is about one chunk: a store that far away) and
-    can be `cut()` (the store gone: connections reset, new ones refused) and restored.
+    """A TCP relay from 127.0.0.1:<port> to `target_port`, in a process of its own (a DALI
+    pipeline may hold this process's GIL while it waits for data), which can hold each chunk a
+    client sends for `delay` seconds (one HTTP request is about one chunk: a store that much
+    farther away) and can be `cut()`: the store gone, connections reset, new ones refused.
 
     DALI's S3 client reads AWS_ENDPOINT_URL once per process, so a test that takes the store away
     from a DALI reader cuts the relay it has been talking to instead of changing the variable."""
 
     def __init__(self, target_port: int, delay: float = 0.0):
-        self.target, self.delay = ("127.0.0.1", target_port), delay
+        self.target_port, self.delay = target_port, delay
         self.port = free_port()
-        self._live = set()
-        self._lock = threading.Lock()
-        self._listen()
+        self.proc = None
+        self._start()
 
-    def _listen(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(128)
-        threading.Thread(target=self._accept, args=(self.sock,), daemon=True).start()
+    def _start(self):
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "relay", str(self.target_port),
+                                      str(self.port), str(self.delay)], stdout=subprocess.PIPE)
+        if self.proc.stdout.readline().strip() != b"listening":
+            raise RuntimeError("the relay did not start")
 
-    def _accept(self, listener):
-        while True:
-            try:
-                client, _ = listener.accept()
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                return
-            with self._lock:
-                self._live |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src, dst, delayed):
-        try:
-            while data := src.recv(1 << 16):
-                if delayed and self.delay:
-                    time.sleep(self.delay)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                self._drop(s)
-
-    def _drop(self, s):
-        with self._lock:
-            self._live.discard(s)
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        s.close()
+    def _stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     @contextlib.contextmanager
     def cut(self):
         """While the block runs the store is gone: open connections are reset, new ones refused."""
-        self.sock.close()
-        with self._lock:
-            live = list(self._live)
-        for s in live:
-            self._drop(s)
+        self._stop()
         try:
             yield
         finally:
-            self._listen()
+            self._start()
 
     def close(self):
-        self.sock.close()
-        with self._lock:
-            live = list(self._live)
-        for s in live:
-            self._drop(s)
+        self._stop()
+
+
+def _serve_relay(target_port: int, port: int, delay: float):
+    """The relay process: accept on 127.0.0.1:port, two pumps per connection."""
+    def pump(src, dst, held):
+        try:
+            while data := src.recv(1 << 16):
+                if held:
+                    time.sleep(held)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    print("listening", flush=True)
+    while True:
+        client, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", target_port))
+        threading.Thread(target=pump, args=(client, upstream, delay), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client, 0.0), daemon=True).start()
 
 
 class S3Server:
     """moto_server on 127.0.0.1:<free port>, authenticating every request after the first three
-    (the three that make the IAM user whose keys `env` holds)."""
+    (the three that make the IAM user whose keys `env` holds); `auth=False`: none (any keys do,
+    each request costs the server less)."""
 
-    def __init__(self, log_path=os.devnull, relay: bool = False):
+    def __init__(self, log_path=os.devnull, relay: bool = False, auth: bool = True):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"  # the server itself
         self.log_path = log_path
         self.proc = None
         self.relay = None
-        self.want_relay = relay
+        self.want_relay, self.auth = relay, auth
         self.env = {}
 
     def __enter__(self) -> "S3Server":
-        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3" if self.auth else "inf")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
         try:
             self._wait()
-            self.env = self._make_user()
+            self.env = self._make_user() if self.auth else {
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
             if self.want_relay:  # clients talk to the relay, which can be cut (Relay.cut)
                 self.relay = Relay(self.port)
                 self.env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.relay.port}"
@@ -190,3 +185,7 @@ class S3Server:
     def make_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
         return f"s3://{name}"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:
+    _serve_relay(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

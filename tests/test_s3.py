@@ -334,3 +334,25 @@ def test_training_loses_the_store_mid_run(server, remote, tmp_path, monkeypatch)
     state = __import__("torch").load(run / "last.pt", weights_only=False)
     assert state["step"] == 4
     assert json.loads((run / "config.json").read_text())["shards"] == remote
+
+
+def test_credentials_and_endpoint_from_a_profile(server, remote, tmp_path):
+    """The AWS SDKs' own configuration, nothing of ours: a profile in the shared files gives boto3
+    and DALI (in a fresh process: DALI reads its configuration once per process) the keys, the
+    region and the endpoint."""
+    import subprocess
+    import sys
+
+    e = server.env
+    (tmp_path / "credentials").write_text(f"[lab]\naws_access_key_id = {e['AWS_ACCESS_KEY_ID']}\n"
+                                          f"aws_secret_access_key = {e['AWS_SECRET_ACCESS_KEY']}\n")
+    (tmp_path / "config").write_text(f"[profile lab]\nregion = us-east-1\nendpoint_url = {e['AWS_ENDPOINT_URL']}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_PROFILE="lab", AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"),
+               AWS_CONFIG_FILE=str(tmp_path / "config"), AWS_EC2_METADATA_DISABLED="true")
+    code = ("from pipeline import build_loader; from shards import Manifest; "
+            f"print(Manifest.load({remote!r}).split('val').samples, "
+            f"sum(len(y) for _, y in build_loader({remote!r}, 'val', 4, num_threads=1)))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["12", "12"], r.stderr[-2000:]
