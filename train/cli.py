@@ -8,7 +8,7 @@ from dataclasses import MISSING, fields
 import click
 
 from shards.errors import UserError
-from train.config import COLUMNS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig, input_norm_for
+from train.config import COLUMNS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig
 from shards.format import TRAIN, VAL
 from train.launch import DEVICE_CHOICES
 
@@ -273,19 +273,17 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
       alexnet profile shards --device cpu --width 0.25 --init kaiming --batch-size 32 --batches 10 --json
       alexnet profile /data/shards --device cuda --batch-size 256 --stages --plot stages.png
     """
-    from pipeline import build_loader
     from train.profile import format_table, plot_profile, plot_stages, run_profile
 
     _check_shards(shards, TRAIN)
     if plot:
         _output_file(plot, "--plot")
-    devices, first = _placement(device)
-    _library_errors(build_loader, shards, TRAIN, batch_size, device=str(first),
-                    mean=input_norm_for(init)).close()  # one-line errors first
+    devices, _ = _placement(device)
     say = (lambda m: click.echo(m, err=True))
     cfg = TrainConfig(shards=shards, width=width, init=init, batch_size=batch_size, device=device)
-    r = run_profile(cfg, devices=devices, batches=batches, warmup=warmup, peer_workers=peer_workers, progress=say,
-                    stages=stages)
+    # the loader is built first: a bad size or a missing DALI is one line before any timing
+    r = _library_errors(run_profile, cfg, devices=devices, batches=batches, warmup=warmup, peer_workers=peer_workers,
+                        progress=say, stages=stages)
     if plot:
         (plot_stages if stages else plot_profile)(r, plot)
         say(f"profile: plot written to {plot}")

@@ -177,7 +177,9 @@ class AlexNet(nn.Module):
         if len(self.columns) == 1:
             logits, features = self._one_column(x)
         else:
-            logits, features = self._two_columns(x)
+            logits, (f0, f1) = self._two_columns(x)
+            if return_features:  # joined only when asked: not on every training step
+                features = torch.cat([f0, f1.to(f0.device, non_blocking=True)], 1)
         return (logits, features) if return_features else logits
 
     def _one_column(self, x):
@@ -195,7 +197,7 @@ class AlexNet(nn.Module):
         a0, a1 = _exchange(col0.hidden6, col1.hidden6, a0, a1, d0, d1)       # fc6 sees both
         (f0, a0), (f1, a1) = _exchange(col0.hidden7, col1.hidden7, a0, a1, d0, d1)
         logits = self.fc8(torch.cat([a0, a1.to(d0, non_blocking=True)], 1))
-        return logits, torch.cat([f0, f1.to(d0, non_blocking=True)], 1)
+        return logits, (f0, f1)
 
     def conv1_weight(self) -> torch.Tensor:
         """The conv1 kernels (96 x 3 x 11 x 11 at width 1): column 1's, then column 2's (Figure

@@ -90,9 +90,9 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
               "batch_size": n, "width": cfg.width, "batches": batches, "warmup_batches": warmup,
               "amp_bf16": bool(cfg.amp and device.type == "cuda")}
 
-    progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {n})")
     loader = build_loader(cfg.shards, TRAIN, n, device=str(device), memory_format=mf, mean=cfg.input_norm,
-                          lighting=cfg.lighting)
+                          lighting=cfg.lighting)  # first: its errors come before any output
+    progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {n})")
     result["pipeline"] = _summary(*_time_loader(loader, batches, warmup, device))
     if stages:
         from pipeline.stages import profile_stages

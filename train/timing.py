@@ -36,33 +36,33 @@ class StepTimes:
     """Data time and compute time over a logging window of training steps.
 
     Data time is the host's wait for the next batch (the input pipeline is late); compute time is
-    the steps' time on the device: between CUDA events around each step on a GPU, wall time on the
-    CPU. `window()` reads them (one synchronisation on a GPU) and starts the next window.
+    the steps' time on the device: between marks around each step (CUDA events on a GPU, wall
+    time on the CPU). `window()` reads them (one synchronisation on a GPU) and starts the next.
     """
 
     def __init__(self, device):
-        self.device = device
+        self.clock = Clock(device)
         self._start()
 
     def _start(self):
         self.data_s, self.images, self.steps = 0.0, 0, 0
-        self.clocks = []
+        self.clock.reset()
         self.wall = time.perf_counter()
 
-    def waited(self, seconds, images):
-        self.data_s += seconds
+    def begin(self, waited: float, images: int) -> None:
+        """A step starts, after the host waited `waited` seconds for its `images`."""
+        self.data_s += waited
         self.images += images
         self.steps += 1
+        self.clock.mark()
 
-    def step_clock(self) -> Clock:
-        """A clock to mark at the start and the end of one step."""
-        clock = Clock(self.device)
-        self.clocks.append(clock)
-        return clock
+    def end(self) -> None:
+        """The step's work is queued."""
+        self.clock.mark()
 
     def window(self) -> dict:
         """{"data_s", "compute_s", "elapsed_s", "images", "steps"} since the last window."""
-        compute = sum(sum(c.intervals()) for c in self.clocks)
+        compute = sum(self.clock.intervals()[0::2])  # begin -> end of each step
         row = {"data_s": self.data_s, "compute_s": compute, "elapsed_s": time.perf_counter() - self.wall,
                "images": self.images, "steps": self.steps}
         self._start()

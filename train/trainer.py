@@ -120,11 +120,9 @@ class Trainer:
             losses, times = [], StepTimes(self.device)
             rest = self._epoch_batches() if self.batch_in_epoch < len(self.train_loader) else ()
             for images, labels, waited in rest:
-                clock = times.step_clock()
-                clock.mark()
+                times.begin(waited, images.shape[0])
                 losses.append(self.train_step(images, labels).detach())
-                clock.mark()
-                times.waited(waited, images.shape[0])
+                times.end()
                 self.step += 1
                 self.batch_in_epoch += 1
                 if self.step % cfg.log_every == 0 or self.done():
