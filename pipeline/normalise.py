@@ -14,6 +14,7 @@ import numpy as np
 
 from pipeline.draws import lighting_offset
 from shards import Manifest, ManifestError
+from shards.errors import Damage
 from shards.store import open_store, read_array
 
 
@@ -56,11 +57,12 @@ def load_mean_image(out, manifest: Manifest) -> np.ndarray:
     units, checked to be image_size × image_size × 3."""
     store = open_store(out)  # a folder or s3://bucket/prefix
     path = store.url(manifest.stats.mean_image)
+    hint = f"the shard directory is damaged: run `alexnet verify {out}`"
     try:
         image = read_array(store, manifest.stats.mean_image)
-    except (OSError, ValueError, EOFError) as e:
-        raise ManifestError(f"{path}: cannot read the mean image ({e})") from None
+    except (OSError, ValueError, EOFError) as e:  # a file the manifest names: damage, exit 1
+        raise Damage(f"{path}: cannot read the mean image ({e}); {hint}") from None
     size = manifest.image_size
     if image.shape != (size, size, 3):
-        raise ManifestError(f"{path}: mean image has shape {image.shape}, expected ({size}, {size}, 3)")
+        raise Damage(f"{path}: mean image has shape {image.shape}, expected ({size}, {size}, 3); {hint}")
     return (image.astype(np.float64) * 255.0).astype(np.float32)

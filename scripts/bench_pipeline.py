@@ -6,7 +6,7 @@
   reference      the reference loader (webdataset + PIL + DataLoader), same work as dali+lighting
   bare           the benchmark's anchor, not the product: a bare DALI pipeline on the same shards
                  (readers.webdataset -> decode -> crop_mirror_normalize of the uint8 image to
-                 float16 at random corners and flips drawn inside DALI; no mean image, no lighting,
+                 float32 (the loaders' dtype here) at random corners and flips drawn inside DALI; no mean image, no lighting,
                  no external source, no hand-off to torch), timed with Pipeline.run
 
 and the ratios lighting / no lighting, DALI / reference, and every loader / bare. Warm-up batches (with the pipeline
@@ -99,7 +99,7 @@ def bare_pipeline(shards, batch, device, threads, prefetch=2):
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         out = fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=fn.random.uniform(range=(0, 1)),
                                        crop_pos_y=fn.random.uniform(range=(0, 1)), mirror=fn.random.coin_flip(),
-                                       dtype=types.FLOAT16, output_layout="CHW")
+                                       dtype=types.FLOAT, output_layout="CHW")  # float32, as the loaders give
         pipe.set_outputs(out, cls)
     pipe.build()
     return pipe
@@ -109,20 +109,14 @@ def measure_bare(shards, batch, device, threads, warmup, batches):
     """(img/s of the anchor, seconds to its first batch)."""
     import torch
 
+    from pipeline.stages import time_pipeline
+
     start = time.perf_counter()
     pipe = bare_pipeline(shards, batch, device, threads)
     pipe.run()
     first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        pipe.run()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(batches):
-        pipe.run()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return batches * batch / (time.perf_counter() - t), first
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    return batches * batch / time_pipeline(pipe, batches, warmup - 1, sync), first
 
 
 def main(argv=None):

@@ -34,7 +34,8 @@ def main():
     raw, shards = os.path.join(a.work, "sample-data"), os.path.join(a.work, "shards")
     if not os.path.isdir(raw):
         alexnet("sample-data", raw)
-    alexnet("preprocess", raw, shards)
+    if not os.path.exists(os.path.join(shards, "manifest.json")):
+        alexnet("preprocess", raw, shards)
     runs = []
     for seed in a.seeds:
         for name in a.variants:

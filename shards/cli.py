@@ -7,14 +7,6 @@ import click
 from shards.errors import UserError, one_line
 
 
-def _load(out):
-    """OUT's manifest; otherwise one line: exit 2 when there is none to read (no folder, no
-    manifest), exit 1 when it is damaged (shards.manifest.DamagedManifest)."""
-    from shards.manifest import Manifest
-
-    return Manifest.load(out)
-
-
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--workers", type=click.IntRange(1), default=None, help="Processes (default: all cores).")
@@ -33,8 +25,6 @@ def verify(out, workers):
       alexnet verify /data/shards
     """
     from shards.verify import verify_shard_dir
-
-    _load(out)  # a clear one-line error for a missing or malformed manifest
 
     def progress(done, total):
         click.echo(f"\rverify: {done}/{total} shards", nl=done == total, err=True)
@@ -62,7 +52,9 @@ def stats(out, as_json):
       alexnet stats /data/shards
       alexnet stats /data/shards --json | jq .eigval
     """
-    m = _load(out)
+    from shards.manifest import Manifest
+
+    m = Manifest.load(out)  # one line: exit 2 without a manifest, exit 1 (DamagedManifest) for a damaged one
     if m.stats is None:
         raise UserError(f"{out}: has no training split, so no statistics")
     s = m.stats

@@ -23,6 +23,7 @@ from typing import Callable, List, Optional, Tuple
 from shards.errors import Damage, UserError
 from shards.format import ERRORS_NAME, MANIFEST_NAME
 from shards.store import LocalStore, S3Store, is_s3_url
+from shards.writer import file_sha256
 
 UPLOAD_JOBS = 8  # objects uploaded at once
 
@@ -43,15 +44,6 @@ class UploadReport:
         total = len(self.uploaded) + len(self.kept)
         return (f"upload: {self.destination}: {total} objects, {len(self.uploaded)} uploaded "
                 f"({self.bytes_sent / 1e6:.1f} MB), {len(self.kept)} already there; manifest last")
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    """The sha256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(src: str, manifest) -> List[Tuple[str, Optional[str]]]:
@@ -105,7 +97,7 @@ def upload_shard_dir(src, dest: str, jobs: int = UPLOAD_JOBS,
     def needed(item) -> Optional[str]:
         """The sha256 to upload `name` with, or None when the same bytes are there already."""
         name, expected = item
-        digest = expected or sha256_file(local.url(name))  # a tar's is the manifest's (checked by send)
+        digest = expected or file_sha256(local.url(name))  # a tar's is the manifest's (checked by send)
         if there.get(name) == local.size(name) and remote.stored_sha256(name) == digest:
             return None
         return digest
@@ -128,11 +120,13 @@ def upload_shard_dir(src, dest: str, jobs: int = UPLOAD_JOBS,
     def send(name: str, digest: str) -> int:
         path = local.url(name)
         expected = expected_sha[name]
-        if expected is not None and sha256_file(path) != expected:  # a tar changed since the manifest
+        with open(path, "rb") as f:
+            data = f.read()  # read once: hashed and sent from the same bytes
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:  # changed since the manifest
             raise Damage(f"{path}: sha256 differs from the manifest (file changed or damaged); run "
                          f"`alexnet verify {src}`; the manifest was not uploaded")
-        remote.put(name, path, sha256=digest)
-        return local.size(name)
+        remote.put(name, data, sha256=digest)
+        return len(data)
 
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="upload") as pool:
         futures = {pool.submit(send, name, digest): name for name, digest in todo}

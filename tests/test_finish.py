@@ -24,10 +24,12 @@ def test_shardkit_writes_every_file_its_manifest_names_and_verifies(tmp_path):
     assert report.ok, [str(p) for p in report.problems]
     assert (report.shards, report.samples) == (4, 14)
     rng, expect = np.random.default_rng(5), StatSums()
-    for _ in range(10):  # make_shards draws the training images first, in order
-        expect.add(make_image(rng))
-    assert np.array_equal(np.load(tmp_path / m.stats.pixel_sum), expect.pixel_sum)
-    assert np.load(tmp_path / m.stats.mean_image).tobytes() == expect.derive()[1].tobytes()
+    images = [make_image(rng) for _ in range(10)]  # make_shards draws the training images first, in order
+    for im in images:
+        expect.add(im)
+    pixel_sum = np.sum(np.stack(images).astype(np.int64), axis=0)  # numpy, not the code under test
+    assert np.array_equal(np.load(tmp_path / m.stats.pixel_sum), pixel_sum)
+    np.testing.assert_allclose(np.load(tmp_path / m.stats.mean_image), pixel_sum / (10 * 255.0), rtol=1e-6)
     assert m.stats.sums == expect.to_json() and m.errors == 0
     assert [json.loads(x) for x in open(tmp_path / "errors.jsonl")] == [
         {"summary": {"errors": 0, "by_split": {"train": 0, "val": 0}, "kept": 0}}]
@@ -89,8 +91,14 @@ def test_a_split_without_shards_gets_errors_and_no_manifest(tmp_path):
         "summary": {"errors": 2, "by_split": {"train": 0, "val": 2}, "kept": 0}}
 
 
-def test_the_manifest_is_written_last(tmp_path):
-    """A failure on the way (here an error row of an unknown split) leaves no manifest."""
+def test_the_manifest_is_written_last(tmp_path, monkeypatch):
+    """Every file is renamed into place before the manifest; a failure on the way (here an error
+    row of an unknown split) leaves no manifest."""
+    placed, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (placed.append(os.path.basename(b)), replace(a, b))[1])
+    (tmp_path / "ok").mkdir()
+    make_shards(tmp_path / "ok", n_train=6, n_val=2, classes=2, shard_size=4, seed=1)
+    assert placed[-1] == "manifest.json" and {"mean_image.npy", "pixel_sum.npy", "errors.jsonl"} <= set(placed)
     with pytest.raises(ValueError):
         finish_shard_dir(tmp_path, classes=[ClassInfo(0, "n00000000", "zero")], params={}, splits={},
                          errors=[{"split": "test", "position": 0}])

@@ -43,7 +43,13 @@ def test_launch_reads_torchrun_environment_once():
     launch = Launch.from_env(env)
     assert (launch.rank, launch.world, launch.local_rank, launch.local_world, launch.main) == (5, 8, 1, 4, False)
     assert Launch.from_env({}) == Launch() and Launch().main
+
+
+
+def test_the_thread_share_is_the_affinity_set_split_among_local_processes(monkeypatch):
     import os
 
-    cores = len(os.sched_getaffinity(0))
-    assert launch.threads() == max(1, cores // 4) and Launch().threads() == cores
+    from train.launch import Launch
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [Launch(local_world=n).threads() for n in (1, 2, 4, 16)] == [8, 4, 2, 1]

@@ -287,7 +287,6 @@ def test_width_quarter_learns_a_tiny_task_with_kaiming_init(one_thread):
 
 
 @pytest.mark.gpu
-@pytest.mark.gpu
 def test_gpu_placements_match_cpu():
     torch.manual_seed(0)
     reference = AlexNet(num_classes=6, width=0.25).eval()

@@ -7,7 +7,7 @@ from shardkit import make_shards
 
 from pipeline import lighting_offset
 from pipeline.normalise import load_normalisation
-from shards import Manifest, ManifestError
+from shards import Damage, Manifest, ManifestError
 
 
 @pytest.fixture()
@@ -39,8 +39,8 @@ def test_errors(shards):
         load_normalisation(shards, dataclasses.replace(manifest, stats=None), "channel")
     path = shards / manifest.stats.mean_image
     np.save(path, np.zeros((224, 224, 3), np.float32))
-    with pytest.raises(ManifestError, match=r"mean image has shape \(224, 224, 3\), expected \(256, 256, 3\)"):
+    with pytest.raises(Damage, match=r"mean image has shape \(224, 224, 3\), expected \(256, 256, 3\)"):
         load_normalisation(shards, manifest, "image")
     path.write_bytes(b"not an array")
-    with pytest.raises(ManifestError, match="cannot read the mean image"):
+    with pytest.raises(Damage, match="cannot read the mean image"):
         load_normalisation(shards, manifest, "image")

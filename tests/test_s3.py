@@ -226,7 +226,7 @@ def test_a_missing_bucket_or_prefix(remote):
                                                              "AWS_ENDPOINT_URL"])
     one_line_error(cli("verify", "s3://shards/nothing/here"), 2, ["s3://shards/nothing/here/manifest.json",
                                                                   "no manifest"])
-    one_line_error(cli("train", "s3://no-such-bucket/x", "--out", "/tmp/unused-run"), 2, ["no such bucket"])
+    one_line_error(cli("train", "s3://no-such-bucket/x", "--out", str(tmp_path / "unused-run")), 2, ["no such bucket"])
 
 
 @pytest.mark.parametrize("var, value, code", [("AWS_SECRET_ACCESS_KEY", "wrong", "SignatureDoesNotMatch"),
@@ -250,7 +250,7 @@ def test_an_unreachable_endpoint(remote, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     one_line_error(cli("stats", remote), 2, [remote, "cannot reach the S3 endpoint", "AWS_ENDPOINT_URL"])
-    one_line_error(cli("eval", remote, "/tmp/none.pt"), 2, ["cannot reach the S3 endpoint"])
+    one_line_error(cli("eval", remote, str(tmp_path / "none.pt")), 2, ["cannot reach the S3 endpoint"])
 
 
 def test_a_truncated_object(server, remote):

@@ -34,10 +34,13 @@ def test_each_cut_adds_exactly_its_stage(shards):
     crop = _outputs(loader, "crop")[0]            # N×3×224×224 float32, no normalisation
     mean_image = _outputs(loader, "mean_image")[0]
     lighting = _outputs(loader, "lighting")[0]
+    decoded = _outputs_raw(loader, "decode")       # 256×256×3 uint8, the same samples in the same order
     draws = loader.draws(0)
     m = loader.norm.mean_image                     # 256×256×3 in 0–255 units
     for i in range(6):
         x0, y0 = int(draws.x0[i]), int(draws.y0[i])
+        cut = decoded[i][y0:y0 + CROP, x0:x0 + CROP].transpose(2, 0, 1).astype(np.float32)
+        np.testing.assert_array_equal(crop[i], cut[:, :, ::-1] if draws.mirror[i] else cut)  # corner and flip
         mean = m[y0:y0 + CROP, x0:x0 + CROP].transpose(2, 0, 1)
         if draws.mirror[i]:
             mean = mean[:, :, ::-1]

@@ -35,7 +35,6 @@ def test_run_directory(shards, tmp_path):
         # one step per row: data and compute time together are the step's wall time, at most
         step_ms = 1e3 * 8 / r["images_per_s"]
         assert r["compute_ms"] > 0 and r["data_ms"] >= 0 and r["data_ms"] + r["compute_ms"] <= 1.05 * step_ms
-        assert r["data_ms"] == pytest.approx(r["data_wait"] * step_ms, rel=0.05, abs=0.05)
     assert len(val_rows) == 2
     for r in val_rows:
         assert 0 <= r["top1_error"] <= 1 and 0 <= r["top5_error"] <= r["top1_error"]
@@ -192,3 +191,33 @@ def test_one_run_per_run_directory(shards, tmp_path):
     with pytest.raises(ValueError):  # a start that fails releases the directory too
         Trainer(TrainConfig(shards=shards, out=str(tmp_path / "run"), **{**SMALL, "device": "gpu"}), progress=False)
     Trainer(cfg, progress=False).close()
+
+
+def test_data_time_is_the_wait_for_the_loader_and_compute_time_the_step(shards, tmp_path):
+    """A loader made 40 ms late per batch shows as >= 40 ms of data time per step."""
+    import time
+
+    t = Trainer(TrainConfig(shards=shards, out=str(tmp_path / "run"), epochs=1, **SMALL), progress=False)
+    real = t.train_loader
+
+    class Late:
+        def __len__(self):
+            return len(real)
+
+        def set_epoch(self, e):
+            real.set_epoch(e)
+
+        def __iter__(self):
+            for batch in real:
+                time.sleep(0.04)
+                yield batch
+
+    t.train_loader = Late()
+    try:
+        t.fit()
+    finally:
+        t.train_loader = real
+        t.close()
+    rows = [r for r in _rows(tmp_path / "run") if "data_ms" in r]
+    assert len(rows) == 4 and all(r["data_ms"] >= 40 for r in rows), rows
+    assert all(r["data_wait"] > 0.05 for r in rows)

@@ -1,5 +1,6 @@
-"""kill -9 and SIGTERM of a training process at a random point (docs/FAULTS.md): resumed, the
-run ends with the weights of an uninterrupted one, its metrics without a duplicated step."""
+"""kill -9 and SIGTERM of a training process mid-run, once its third checkpoint exists
+(docs/FAULTS.md): resumed, the run ends with the weights of an uninterrupted one, its metrics
+without a duplicated step."""
 import json
 import os
 import signal
