@@ -2,8 +2,8 @@
 """Throughput from object storage against the same shards on disk, in one run: img/s and MB/s of
 
   read     DALI's fn.readers.webdataset alone (jpg + cls, no decode): what the storage delivers
-  loader   the training loader (pipeline.build_loader: read, decode, crop, mirror, mean image,
-           lighting), what the trainer is fed
+  loader   the training loader on the CPU (pipeline.build_loader: read, decode, crop, mirror, mean
+           image, lighting), what a CPU trainer is fed
 
 each from the local shard directory and from an S3 server, side by side, and for S3 the GET
 requests per sample (counted in the server's log) and the time each costs the reader. The S3
@@ -31,17 +31,14 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "scripts"), os.path.join(ROOT, "tests")
 
 
 def reader_pipeline(shards, batch, threads, shuffle_buffer, prefetch):
-    """DALI's webdataset reader alone over the training shards, as the loader configures it."""
-    from nvidia.dali import Pipeline, fn
+    """DALI's webdataset reader alone over the training shards, exactly as the loader configures
+    it: the loader's own graph cut after its reader (pipeline.stages)."""
+    from pipeline import build_loader
+    from pipeline.stages import stage_pipeline
 
-    from shards import Manifest
-
-    tars, idx = zip(*Manifest.load(shards).shard_paths(shards, "train"))
-    pipe = Pipeline(batch_size=batch, num_threads=threads, device_id=None, seed=0, prefetch_queue_depth=prefetch)
-    with pipe:
-        jpegs, cls = fn.readers.webdataset(paths=list(tars), index_paths=list(idx), ext=["jpg", "cls"],
-                                           random_shuffle=True, initial_fill=shuffle_buffer, name="reader")
-        pipe.set_outputs(jpegs, cls)
+    loader = build_loader(shards, "train", batch, device="cpu", lighting=0.1, num_threads=threads,
+                          prefetch=prefetch, prepare_next=False, shuffle_buffer=shuffle_buffer)
+    pipe = stage_pipeline(loader, "read")
     pipe.build()
     return pipe
 
@@ -51,6 +48,7 @@ def measure_reader(shards, batch, threads, warmup, batches, shuffle_buffer, pref
     pipe = reader_pipeline(shards, batch, threads, shuffle_buffer, prefetch)
     for _ in range(warmup):
         pipe.run()
+    time.sleep(0.2)  # the server's log lines of the warm-up's requests, before both counts alike
     gets = count_gets(log)
     t = time.perf_counter()
     for _ in range(batches):
