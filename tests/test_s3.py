@@ -221,7 +221,7 @@ def test_upload_command(local, server):
 
 # --- faults on the wire: one line naming the URL ---------------------------------------------
 
-def test_a_missing_bucket_or_prefix(remote):
+def test_a_missing_bucket_or_prefix(remote, tmp_path):
     one_line_error(cli("stats", "s3://no-such-bucket/x"), 2, ["s3://no-such-bucket: no such bucket",
                                                              "AWS_ENDPOINT_URL"])
     one_line_error(cli("verify", "s3://shards/nothing/here"), 2, ["s3://shards/nothing/here/manifest.json",
@@ -244,7 +244,7 @@ def test_no_credentials(remote, monkeypatch):
     one_line_error(cli("stats", remote), 2, [remote, "no AWS credentials found"])
 
 
-def test_an_unreachable_endpoint(remote, monkeypatch):
+def test_an_unreachable_endpoint(remote, monkeypatch, tmp_path):
     from s3kit import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
