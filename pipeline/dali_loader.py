@@ -93,6 +93,9 @@ class DaliLoader(EpochLoader):
     # and for validation loaders, which are read once between training epochs.
     prepare_next: bool = None
     shuffle_buffer: int = 4096  # samples in DALI's shuffle buffer (its initial_fill)
+    # Graph candidates of issue 13, off until a GPU measurement favours them (docs/PERFORMANCE.md):
+    mean_after_crop: bool = False  # mean="image": subtract the cropped mean image after the crop
+    hw_decoder_load: float = 0.65  # share of JPEGs for the GPU's hardware JPEG decoder
     _next: object = field(default=None, repr=False)  # (epoch, Future of (pipeline, iterator))
     _builder: object = field(default=None, repr=False)
 
@@ -187,6 +190,7 @@ class DaliLoader(EpochLoader):
             per_sample_mean=o.lighting > 0, half=self.dtype == torch.float16,
             layout="HWC" if self.memory_format == torch.channels_last else "CHW",
             initial_fill=max(1, min(self.shuffle_buffer, plan.stop - plan.start)),
+            hw_decoder_load=self.hw_decoder_load, mean_after_crop=self.mean_after_crop,
         )
 
     def _device_id(self):
@@ -250,7 +254,7 @@ def default_threads(processes: int = 1) -> int:
 def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, seed=0, augment=None, lighting=None,
                  mean="image", ten_crop=False, dtype=torch.float32, memory_format=torch.contiguous_format,
                  num_threads=None, prefetch=2, shuffle=None, drop_last=None, prepare_next=None,
-                 shuffle_buffer=4096) -> DaliLoader:
+                 shuffle_buffer=4096, mean_after_crop=False, hw_decoder_load=0.65) -> DaliLoader:
     """The DALI loader of a split of a shard directory (docs/DESIGN.md, "Loader").
 
     Args:
@@ -273,10 +277,17 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
         prepare_next: build the next epoch's pipeline in the background (default: training
             loaders on the GPU).
         shuffle_buffer: samples in the reader's shuffle buffer (training).
+        mean_after_crop: with mean="image", subtract the crop of the mean image after the crop
+            (two 224×224 passes) instead of the whole mean image before it (one 256×256 float
+            pass); the same numbers to float32 rounding. Off by default (issue 13: unmeasured).
+        hw_decoder_load: share of the JPEGs the GPU's hardware decoder takes (0–1; nvJPEG's
+            CUDA decoder the rest); ignored on the CPU.
     """
     options = resolve_options(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
                               shuffle, drop_last)
     device = _check(dtype, memory_format, shuffle_buffer, device)
+    if not 0.0 <= hw_decoder_load <= 1.0:
+        raise ValueError(f"hw_decoder_load={hw_decoder_load!r}: expected a share between 0 and 1")
     manifest = open_split(options)
     norm = load_normalisation(OUT, manifest, mean)
     from pipeline.graph import require_dali
@@ -284,7 +295,8 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
     require_dali()
     return DaliLoader(options, manifest, norm, device, dtype, memory_format,
                       num_threads or default_threads(), prefetch, prepare_next=prepare_next,
-                      shuffle_buffer=shuffle_buffer)
+                      shuffle_buffer=shuffle_buffer, mean_after_crop=bool(mean_after_crop),
+                      hw_decoder_load=float(hw_decoder_load))
 
 
 def _check(dtype, memory_format, shuffle_buffer, device) -> torch.device:

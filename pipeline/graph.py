@@ -67,6 +67,7 @@ class PipelineSpec:
     layout: str  # "CHW" or "HWC" (channels-last)
     initial_fill: int = 4096  # shuffle buffer, in samples
     hw_decoder_load: float = 0.65  # share of JPEGs for the hardware decoder (A100/H100)
+    mean_after_crop: bool = False  # mean="image": subtract the cropped mean image after the crop (a candidate, issue 13)
     stop: str = "views"  # the last stage built: "read", "decode" or "views" (the whole graph; pipeline.stages)
 
     @property
@@ -96,8 +97,12 @@ def build_pipeline(spec: PipelineSpec, source: Callable):
             pipe.set_outputs(images, labels(cls))
             return pipe
         args = per_sample_args(spec, source)
-        images, mean, std = normalisation(spec, images, args)
-        pipe.set_outputs(views(spec, images, args, mean, std), labels(cls))
+        if spec.mean == "image" and spec.mean_after_crop:
+            out = views_mean_after_crop(spec, images, args)
+        else:
+            images, mean, std = normalisation(spec, images, args)
+            out = views(spec, images, args, mean, std)
+        pipe.set_outputs(out, labels(cls))
     return pipe
 
 
@@ -183,6 +188,38 @@ def views(spec: PipelineSpec, images, args: list, mean, std):
     if spec.ten_crop:
         return fn.stack(*[view(x / STRIDE, y / STRIDE, m) for x, y, m in TEN_CROP_VIEWS], axis=0)
     return view(args[0], args[1], args[2])
+
+
+def views_mean_after_crop(spec: PipelineSpec, images, args: list):
+    """The views of mean="image" with the mean image subtracted after the crop: each view is
+    crop_mirror_normalize of the uint8 image (its uint8 kernel; the lighting offset folded into
+    its per-sample mean) minus the same crop and mirror of the mean image, so the exact maths of
+    `subtract_mean_image` + `views` with the float pass over the whole 256×256 image replaced by
+    two 224×224 ones. Ten-crop views subtract the ten fixed crops of the mean image, cut once here."""
+    from nvidia.dali import fn, types
+
+    device = "gpu" if spec.gpu else "cpu"
+    mean = args[-1] if spec.per_sample_mean else 0.0  # −255·offset per image (pipeline.dali_loader)
+    M = np.ascontiguousarray(spec.mean_image, np.float32)
+
+    def cut(source, x0, y0, mirror, shift=0.0):  # float32: the subtraction rounds once, as the other order does
+        return fn.crop_mirror_normalize(source, crop=(CROP, CROP), crop_pos_x=x0, crop_pos_y=y0, mirror=mirror,
+                                        mean=shift, std=1.0, dtype=types.FLOAT, output_layout=spec.layout)
+
+    def finish(x):
+        return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
+
+    if spec.ten_crop:
+        out = []
+        for x0, y0, m in TEN_CROP_VIEWS:
+            crop = M[y0:y0 + CROP, x0:x0 + CROP][:, ::-1 if m else 1]
+            crop = crop if spec.layout == "HWC" else crop.transpose(2, 0, 1)
+            const = types.Constant(np.ascontiguousarray(crop), device=device, layout=spec.layout)
+            out.append(finish(cut(images, x0 / STRIDE, y0 / STRIDE, m, mean) - const))
+        return fn.stack(*out, axis=0)
+    mean_image = types.Constant(M, device=device, layout="HWC")
+    x0, y0, mirror = args[0], args[1], args[2]
+    return finish(cut(images, x0, y0, mirror, mean) - cut(mean_image, x0, y0, mirror))
 
 
 def labels(cls):

@@ -6,11 +6,20 @@
   reference      the reference loader (webdataset + PIL + DataLoader), same work as dali+lighting
   bare           the benchmark's anchor, not the product: a bare DALI pipeline on the same shards
                  (readers.webdataset -> decode -> crop_mirror_normalize of the uint8 image to
-                 float32 (the loaders' dtype here) at random corners and flips drawn inside DALI; no mean image, no lighting,
+                 --dtype at random corners and flips drawn inside DALI; no mean image, no lighting,
                  no external source, no hand-off to torch), timed with Pipeline.run
+  bare+source    the anchor with its corners and flips fed from the host through
+                 fn.external_source, as the loader feeds its draws: the cost of the external source
 
 and the ratios lighting / no lighting, DALI / reference, and every loader / bare. Warm-up batches (with the pipeline
 build at the start of the epoch; for the reference, until every worker has delivered) are excluded; each figure is the median over --repeats runs.
+
+Candidate graphs of the loader (issue 13) run beside them with --variant NAME=KEY:VALUE,...,
+each a DALI loader with lighting 0.1 unless it says otherwise; the keys are build_loader's
+switches: lighting (σ), dtype (float32 | float16 | bfloat16), after (1: mean_after_crop), hw
+(hw_decoder_load), threads, prefetch, layout (nchw | nhwc). For example
+
+    --variant fp16=dtype:float16 --variant after=after:1 --variant hw0=hw:0 --variant pf4=prefetch:4
 
     python scripts/bench_pipeline.py                      # ~2000 generated samples, CPU or GPU
     python scripts/bench_pipeline.py --shards /data/shards --device cuda --json
@@ -81,8 +90,44 @@ def measure(loader, warmup, batches, device):
     return batches * loader.options.batch_size / (time.perf_counter() - timed), first
 
 
-def bare_pipeline(shards, batch, device, threads, prefetch=2):
-    """The anchor: the least a DALI training pipeline can do on these shards (see the docstring)."""
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def parse_variant(text):
+    """("NAME", build_loader keyword arguments) of one --variant NAME=KEY:VALUE,..."""
+    import torch
+
+    name, _, spec = text.partition("=")
+    if not name or not spec:
+        raise SystemExit(f"--variant {text!r}: expected NAME=KEY:VALUE[,KEY:VALUE...], e.g. fp16=dtype:float16")
+    kw = {"lighting": 0.1}
+    for item in spec.split(","):
+        key, _, value = item.partition(":")
+        try:
+            if key == "lighting":
+                kw["lighting"] = float(value)
+            elif key == "dtype" and value in DTYPES:
+                kw["dtype"] = getattr(torch, value)
+            elif key == "after":
+                kw["mean_after_crop"] = bool(int(value))
+            elif key == "hw":
+                kw["hw_decoder_load"] = float(value)
+            elif key in ("threads", "prefetch"):
+                kw["num_threads" if key == "threads" else "prefetch"] = int(value)
+            elif key == "layout" and value in ("nchw", "nhwc"):
+                kw["memory_format"] = torch.channels_last if value == "nhwc" else torch.contiguous_format
+            else:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"--variant {text!r}: {item!r} is not one of lighting:σ, dtype:{'|'.join(DTYPES)}, "
+                             "after:0|1, hw:0..1, threads:N, prefetch:N, layout:nchw|nhwc") from None
+    return name, kw
+
+
+def bare_pipeline(shards, batch, device, threads, prefetch=2, dtype="float32", source=False):
+    """The anchor: the least a DALI training pipeline can do on these shards (see the docstring);
+    `source`: its corners and flips from the host through fn.external_source instead."""
+    import numpy as np
     from nvidia.dali import Pipeline, fn, types
 
     from pipeline.draws import CROP
@@ -97,22 +142,30 @@ def bare_pipeline(shards, batch, device, threads, prefetch=2):
         jpegs, cls = fn.readers.webdataset(paths=list(tars), index_paths=list(idx), ext=["jpg", "cls"],
                                            random_shuffle=True, initial_fill=4096, name="reader")
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        out = fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=fn.random.uniform(range=(0, 1)),
-                                       crop_pos_y=fn.random.uniform(range=(0, 1)), mirror=fn.random.coin_flip(),
-                                       dtype=types.FLOAT, output_layout="CHW")  # float32, as the loaders give
+        if source:  # the loader's way: per-sample arrays from the host each batch
+            rng = np.random.default_rng(0)
+            draws = lambda info: (rng.random(batch, np.float32), rng.random(batch, np.float32),  # noqa: E731
+                                  rng.integers(0, 2, batch, np.int32))
+            x, y, mirror = fn.external_source(source=draws, num_outputs=3, batch=True, batch_info=True,
+                                              dtype=[types.FLOAT, types.FLOAT, types.INT32])
+        else:
+            x, y, mirror = fn.random.uniform(range=(0, 1)), fn.random.uniform(range=(0, 1)), fn.random.coin_flip()
+        # float32 or float16 as --dtype (DALI has no bfloat16: the anchor writes float16 for it)
+        out = fn.crop_mirror_normalize(images, crop=(CROP, CROP), crop_pos_x=x, crop_pos_y=y, mirror=mirror,
+                                       dtype=types.FLOAT if dtype == "float32" else types.FLOAT16, output_layout="CHW")
         pipe.set_outputs(out, cls)
     pipe.build()
     return pipe
 
 
-def measure_bare(shards, batch, device, threads, warmup, batches):
+def measure_bare(shards, batch, device, threads, warmup, batches, **kw):
     """(img/s of the anchor, seconds to its first batch)."""
     import torch
 
     from pipeline.stages import time_pipeline
 
     start = time.perf_counter()
-    pipe = bare_pipeline(shards, batch, device, threads)
+    pipe = bare_pipeline(shards, batch, device, threads, **kw)
     pipe.run()
     first = time.perf_counter() - start
     sync = torch.cuda.synchronize if device.startswith("cuda") else None
@@ -132,6 +185,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="DALI CPU threads (default: all cores of this process)")
     p.add_argument("--ref-workers", type=int, default=None, help="reference DataLoader workers (default 2 on CPU, 16 on GPU)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference loader")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="output of the loaders and the anchor")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY:VALUE,...",
+                   help="a candidate loader graph to time beside the others (see the docstring); repeatable")
     p.add_argument("--json", action="store_true", help="print one JSON object on one line")
     a = p.parse_args(argv)
 
@@ -161,29 +217,36 @@ def main(argv=None):
         sys.exit(f"bench_pipeline: {samples} samples are too few for batch {batch} after "
                  f"{max(warmup.values())} warm-up batches; use more --samples")
 
-    loaders = {
-        # one epoch per fresh loader: no background build of a next epoch that is never read
-        "dali": lambda: build_loader(shards, "train", batch, device=device, lighting=0.0, num_threads=a.threads,
-                                     prepare_next=False),
-        "dali+lighting": lambda: build_loader(shards, "train", batch, device=device, lighting=0.1,
-                                              num_threads=a.threads, prepare_next=False),
-    }
+    def dali(**kw):  # one epoch per fresh loader: no background build of a next epoch that is never read
+        kw = {"num_threads": a.threads, "dtype": getattr(torch, a.dtype), **kw}
+        return lambda: build_loader(shards, "train", batch, device=device, prepare_next=False, **kw)
+
+    loaders = {"dali": dali(lighting=0.0), "dali+lighting": dali(lighting=0.1)}
+    for name, kw in map(parse_variant, a.variant):
+        if name in loaders or name in ("reference", "bare", "bare+source"):
+            sys.exit(f"--variant {name}: the name is taken; choose another")
+        loaders[name] = dali(**kw)
+        warmup[name] = a.warmup
     if not a.no_reference:
         loaders["reference"] = lambda: build_reference_loader(shards, "train", batch, lighting=0.1, num_workers=ref_workers)
-    runs = {name: [] for name in [*loaders, "bare"]}
+    runs = {name: [] for name in [*loaders, "bare", "bare+source"]}
     firsts = {name: [] for name in runs}
     for _ in range(a.repeats):  # interleaved, so slow drifts of a shared machine hit all alike
         for name, make in loaders.items():
             rate, first = measure(make(), warmup[name], batches, device)
             runs[name].append(rate)
             firsts[name].append(first)
-        rate, first = measure_bare(shards, batch, device, a.threads, a.warmup, batches)
-        runs["bare"].append(rate)
-        firsts["bare"].append(first)
+        for name, source in (("bare", False), ("bare+source", True)):
+            rate, first = measure_bare(shards, batch, device, a.threads, a.warmup, batches, dtype=a.dtype,
+                                       source=source)
+            runs[name].append(rate)
+            firsts[name].append(first)
     rates = {name: statistics.median(r) for name, r in runs.items()}
     result = {
         "device": torch.cuda.get_device_name() if gpu else f"cpu ({len(os.sched_getaffinity(0))} cores)",
         "batch_size": batch,
+        "dtype": a.dtype,
+        "variants": a.variant,
         "samples": samples,
         "batches_timed": batches,
         "img_per_s": {k: round(v, 1) for k, v in rates.items()},
@@ -195,6 +258,8 @@ def main(argv=None):
     if "reference" in rates:
         result["dali_vs_reference"] = round(rates["dali+lighting"] / rates["reference"], 2)
     result["vs_bare"] = {k: round(v / rates["bare"], 3) for k, v in rates.items() if k != "bare"}
+    result["vs_dali_lighting"] = {k: round(v / rates["dali+lighting"], 3) for k, v in rates.items()
+                                  if k not in ("dali+lighting", "reference", "bare", "bare+source")}
     if a.json:
         print(json.dumps(result))
     else:
@@ -205,6 +270,8 @@ def main(argv=None):
         if "dali_vs_reference" in result:
             print(f"  DALI / reference ({ref_workers} workers): {result['dali_vs_reference']:.2f}x")
         print("  / bare anchor: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["vs_bare"].items()))
+        if result["vs_dali_lighting"]:
+            print("  / dali+lighting: " + ", ".join(f"{k} {v:.2f}x" for k, v in result["vs_dali_lighting"].items()))
     if tmp:
         tmp.cleanup()
 

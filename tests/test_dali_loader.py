@@ -113,6 +113,36 @@ def test_train_augment_lighting_matches_reference(shards, device):
 
 @needs_dali
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["train", "ten_crop", "half", "channels_last"])
+def test_mean_after_crop_gives_the_same_images(shards, device, case):
+    """The candidate graph (the mean image's crop subtracted after the crop) against the
+    reference loader, and against the default graph to float rounding, in every form."""
+    split, kw = ("val", dict(ten_crop=True, batch_size=16, lighting=0.1)) if case == "ten_crop" else (
+        "train", dict(shuffle=False, seed=5, lighting=0.1))
+    if case == "half":
+        kw["dtype"] = torch.float16
+    if case == "channels_last":
+        kw["memory_format"] = torch.channels_last
+
+    def images(**extra):
+        loader = dali(shards, split, device, **kw, **extra)
+        loader.set_epoch(2)
+        return epoch(loader)
+
+    x, y = images(mean_after_crop=True)
+    x0, y0 = images()
+    r = ref(shards, split, **{k: v for k, v in kw.items() if k in ("ten_crop", "batch_size", "lighting", "shuffle", "seed")})
+    r.set_epoch(2)
+    rx, ry = epoch(r)
+    assert torch.equal(y, y0) and torch.equal(y, ry)
+    assert_close(x, rx, device)
+    atol = 0.13 if case == "half" else 1e-3  # float16 steps are 0.125 at 128–256
+    torch.testing.assert_close(x, x0, atol=atol, rtol=0)
+    assert 10 < x.std() < 128
+
+
+@needs_dali
+@pytest.mark.parametrize("device", DEVICES)
 def test_channel_mean_matches_reference(shards, device):
     x, y = epoch(dali(shards, "val", device, mean="channel", lighting=0.1))
     rx, _ = epoch(ref(shards, "val", mean="channel", lighting=0.1))
