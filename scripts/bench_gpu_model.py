@@ -13,13 +13,19 @@ Measures, in one run, on synthetic input (bf16 autocast, channels-last on CUDA):
 (b) Training steps (forward, backward, PaperSGD step) of train.model.AlexNet(width, init="paper")
     with its LRN layers (train.response_norm.LRN modules) swapped for: nn.LocalResponseNorm (eager; the
     baseline), train.response_norm's torch-ops path, the Triton kernels (eager), the Triton kernels under
-    torch.compile, and no LRN at all (for context). img/s: median over --windows timing
+    torch.compile, and no LRN at all (for context). Then the full net with its own LRN modules
+    (train.response_norm.LRN: the Triton kernels on CUDA) in AlexNet(conv="split") against
+    conv="grouped" (--conv), eager, under torch.compile and under torch.compile(mode=
+    "reduce-overhead", CUDA graphs; --cuda-graphs). img/s: median over --windows timing
     windows of --steps steps each, after --warmup steps, timed with CUDA events.
 (c) The two-device placement on one GPU: AlexNet(devices=(d, d)) against devices=(d,): the same
     weights give the same logits, before and after one training step.
+(d) conv="grouped" against conv="split" (fp32, TF32 off): the same weights give the same logits
+    (eval) and the same gradients (training, dropout off).
 
 Every variant runs inside try/except: a failure is printed and recorded, and the rest go on.
-Prints a table and the ratios triton-eager / nn-eager and best / nn-eager; --json writes a record.
+Prints a table and the ratios triton-eager / nn-eager, best / nn-eager, grouped / split (eager,
+compiled, reduce-overhead) and reduce-overhead / default compile; --json writes a record.
 """
 from __future__ import annotations
 
@@ -278,12 +284,13 @@ def sweep_kernels(args, dev, dtype, results):
 
 # ----------------------------------------------------------------------------- (b) the model
 
-def make_model(args, dev, devices=None, seed=0):
+def make_model(args, dev, devices=None, seed=0, conv="split"):
     from train.model import AlexNet
     torch.manual_seed(seed)
     if devices is None:
         devices = None if dev.type == "cpu" else (str(dev),)
-    model = AlexNet(num_classes=1000, devices=devices, width=args.width, init="paper")
+    form = {} if conv == "split" else dict(conv=conv)       # (a tree without the switch: split)
+    model = AlexNet(num_classes=1000, devices=devices, width=args.width, init="paper", **form)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -312,26 +319,33 @@ def autocast(dev, enabled):
     return contextlib.nullcontext()
 
 
-def bench_model_variant(args, dev, name, impl, compile_model, results, extra_note=""):
+def bench_model_variant(args, dev, name, impl, compile_model, results, extra_note="",
+                        conv="split", compile_mode=None):
+    """One training-step timing. impl=None keeps the model's own LRN modules; compile_mode is
+    torch.compile's mode (None: the default); conv is AlexNet's conv form."""
     rec = dict(section="model", variant=name, batch_size=args.batch_size, steps=args.steps,
-               windows=args.windows, warmup=args.warmup, compile=compile_model, note=extra_note)
+               windows=args.windows, warmup=args.warmup, compile=compile_model, note=extra_note,
+               conv=conv, compile_mode=(compile_mode or "default") if compile_model else None)
     model = net = opt = None
+    cuda_graphs = compile_model and compile_mode == "reduce-overhead"
     try:
-        model = make_model(args, dev)
-        swaps = swap_lrn(model, impl)
+        model = make_model(args, dev, conv=conv)
+        swaps = [] if impl is None else swap_lrn(model, impl)
         rec["lrn_modules_swapped"] = len(swaps)
-        if not swaps:
+        if impl is not None and not swaps:
             raise RuntimeError("found no LRN module to swap in the model")
         opt = make_optimizer(model)
         net = model
         if compile_model:
             torch._dynamo.reset()
-            net = torch.compile(model)
-        x, y = synthetic_batch(args, dev, args.batch_size)
+            net = torch.compile(model, **({} if compile_mode is None else dict(mode=compile_mode)))
+        x, y = synthetic_batch(args, dev, args.batch_size)     # the same tensors every step
         model.train()
         losses = []
 
         def step():
+            if cuda_graphs:          # a new iteration: the graphs may reuse the last one's memory
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast(dev, args.amp):
                 out = net(x)
                 loss = F.cross_entropy(out.float(), y)
@@ -353,11 +367,11 @@ def bench_model_variant(args, dev, name, impl, compile_model, results, extra_not
                    lrn_calls=sum(s.calls for s in swaps))
         if dev.type == "cuda":
             rec["max_mem_gib"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
-        log(f"  {name:34} {rec['img_per_s']:10.0f} img/s  {ms:8.2f} ms/step  "
+        log(f"  {name:38} {rec['img_per_s']:10.0f} img/s  {ms:8.2f} ms/step  "
             f"first step {rec['first_step_s']:6.1f} s  loss0 {losses[0]:.5f}")
     except Exception as e:
         rec["error"] = f"{type(e).__name__}: {e}"
-        log(f"  {name:34} FAILED {rec['error'][:400]}")
+        log(f"  {name:38} FAILED {rec['error'][:400]}")
         if args.verbose:
             traceback.print_exc()
     finally:
@@ -405,18 +419,41 @@ def bench_model(args, dev, results):
                                       True, results, "lrn_triton under torch.compiler.disable")
         out[rec["variant"]] = rec
 
-    # grouped-conv vs separate convs: only if the model has a switch for it
+    out.update(bench_conv_forms(args, dev, do_compile, only, results))
+    return out
+
+
+def conv_variants(args, dev, do_compile, forms):
+    """(name, conv, compile, mode) of the split/grouped rows, mode by mode so the forms sit together."""
+    modes = [(False, None, "eager")]
+    if do_compile:
+        modes.append((True, None, "+ torch.compile"))
+        if args.cuda_graphs == "on" and dev.type == "cuda":
+            modes.append((True, "reduce-overhead", "+ compile reduce-overhead"))
+        elif args.cuda_graphs == "on":
+            log("  reduce-overhead rows skipped: CUDA graphs need a CUDA device")
+    elif args.cuda_graphs == "on":
+        log("  compiled and reduce-overhead rows skipped: torch.compile is off here (--compile)")
+    return [(f"conv={conv} {label}", conv, comp, mode) for comp, mode, label in modes for conv in forms]
+
+
+def bench_conv_forms(args, dev, do_compile, only, results):
+    """The full net with its own LRN (Triton on CUDA) as AlexNet(conv="split") and "grouped"."""
     from train.model import AlexNet
-    params = inspect.signature(AlexNet.__init__).parameters
-    switch = next((p for p in ("grouped", "grouped_conv", "groups", "fused_columns") if p in params), None)
-    if switch is None:
-        msg = ("grouped-conv vs two-separate-convs: skipped, AlexNet exposes no switch "
-               "(each layer is two plain nn.Conv2d/nn.Linear, one per column)")
+    forms = args.conv
+    if "grouped" in forms and "conv" not in inspect.signature(AlexNet.__init__).parameters:
+        msg = "conv=grouped rows skipped: AlexNet has no conv switch in this tree"
         log("  " + msg)
-        results.append(dict(section="grouped_conv", skipped=msg))
-    else:
-        log(f"  grouped-conv switch {switch!r} found but not benchmarked by this script version")
-        results.append(dict(section="grouped_conv", skipped=f"switch {switch} not wired in"))
+        results.append(dict(section="model", skipped=msg))
+        forms = [f for f in forms if f != "grouped"]
+    if not forms:
+        return {}
+    log(f"  the model's own LRN modules, AlexNet(conv=...) in {' and '.join(forms)} form:")
+    out = {}
+    for name, conv, comp, mode in conv_variants(args, dev, do_compile, forms):
+        if only and not any(o in name for o in only):
+            continue
+        out[name] = bench_model_variant(args, dev, name, None, comp, results, "model LRN", conv, mode)
     return out
 
 
@@ -440,7 +477,37 @@ def ratios(model_recs):
     return r
 
 
+def conv_ratios(model_recs):
+    """grouped / split per mode, and reduce-overhead / default compile per form (img/s)."""
+    def speed(name):
+        return model_recs.get(name, {}).get("img_per_s")
+
+    pairs = {f"grouped_over_split_{key}": (f"conv=grouped {label}", f"conv=split {label}")
+             for key, label in (("eager", "eager"), ("compiled", "+ torch.compile"),
+                                ("reduce_overhead", "+ compile reduce-overhead"))}
+    pairs.update({f"reduce_overhead_over_compile_{conv}": (f"conv={conv} + compile reduce-overhead",
+                                                           f"conv={conv} + torch.compile")
+                  for conv in ("split", "grouped")})
+    return {key: speed(a) / speed(b) for key, (a, b) in pairs.items() if speed(a) and speed(b)}
+
+
 # ----------------------------------------------------------------------------- (c) placement
+
+def rel_diff(a, b):
+    """max |a - b| relative to max |a|."""
+    return ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """fp32 matmuls and convolutions in full precision (for the equality checks)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
 
 def check_two_device(args, dev, results):
     rec = dict(section="two_device")
@@ -451,9 +518,7 @@ def check_two_device(args, dev, results):
         pair = make_model(args, dev, devices=(d, d), seed=1)
         pair.load_state_dict(single.state_dict())
         x, y = synthetic_batch(args, dev, min(args.batch_size, 16))
-        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        try:
+        with no_tf32():
             def logits(m):
                 m.eval()
                 with torch.no_grad():
@@ -470,12 +535,10 @@ def check_two_device(args, dev, results):
                 return loss.item()
 
             a, b = logits(single), logits(pair)
-            rel0 = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
+            rel0 = rel_diff(a, b)
             la, lb = train_step(single), train_step(pair)
             a, b = logits(single), logits(pair)
-            rel1 = ((a - b).abs().max() / a.abs().max().clamp_min(1e-30)).item()
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+            rel1 = rel_diff(a, b)
         ok = rel0 < 1e-4 and rel1 < 1e-3 and abs(la - lb) <= 1e-3 * max(1.0, abs(la))
         rec.update(rel_diff_before=rel0, rel_diff_after_step=rel1, loss_single=la, loss_pair=lb,
                    match=bool(ok), devices=[str(t) for t in pair.devices])
@@ -492,7 +555,54 @@ def check_two_device(args, dev, results):
     return rec
 
 
+def check_grouped(args, dev, results):
+    """(d) The same weights in conv="split" and "grouped" form: logits (eval) and every
+    parameter's gradient (training with dropout off), fp32 without TF32."""
+    rec = dict(section="grouped_check")
+    log("\n(d) AlexNet(conv='grouped') against conv='split', the same weights, fp32, TF32 off")
+    try:
+        model = make_model(args, dev, seed=0)
+        for column in model.columns:
+            column.dropout.p = 0                            # the same (no) masks in both forms
+        x, y = synthetic_batch(args, dev, min(args.batch_size, 16))
+        out = {}
+        with no_tf32():
+            for conv in ("split", "grouped"):
+                model.conv = conv
+                with torch.no_grad():
+                    logits = model.eval()(x).float()
+                model.train().zero_grad(set_to_none=True)
+                F.cross_entropy(model(x).float(), y).backward()
+                out[conv] = logits, {n: p.grad.float() for n, p in model.named_parameters()}
+        (a, ga), (b, gb) = out["split"], out["grouped"]
+        rel_logits = rel_diff(a, b)
+        rel_grads = {n: rel_diff(ga[n], gb[n]) for n in ga}
+        worst = max(rel_grads, key=rel_grads.get)
+        ok = rel_logits < 1e-4 and rel_grads[worst] < 1e-3
+        rec.update(rel_diff_logits=rel_logits, rel_diff_grads=rel_grads, match=bool(ok))
+        log(f"  logits rel diff {rel_logits:.2e}; largest gradient rel diff {rel_grads[worst]:.2e} "
+            f"({worst}): {'MATCH' if ok else 'MISMATCH'}")
+        del model, out, ga, gb
+    except Exception as e:
+        rec["error"] = f"{type(e).__name__}: {e}"
+        log(f"  FAILED {rec['error'][:400]}")
+        if args.verbose:
+            traceback.print_exc()
+    free(dev)
+    results.append(rec)
+    return rec
+
+
 # ----------------------------------------------------------------------------- main
+
+def conv_forms(text):
+    """--conv: a comma list of split/grouped, or none."""
+    forms = [f.strip() for f in text.split(",") if f.strip() and f.strip() != "none"]
+    bad = [f for f in forms if f not in ("split", "grouped")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--conv: {', '.join(bad)} not split or grouped")
+    return forms
+
 
 def environment(dev):
     env = dict(python=platform.python_version(), torch=torch.__version__, device=str(dev),
@@ -527,7 +637,11 @@ def main(argv=None):
     ap.add_argument("--extra", action="store_true", help="also nn.LRN + compile and no-LRN + compile")
     ap.add_argument("--sweep", action="store_true", help="also sweep the Triton kernels' settings")
     ap.add_argument("--variants", nargs="*", help="only model variants whose name contains one of these")
-    ap.add_argument("--skip", nargs="*", default=[], choices=("lrn", "model", "two-device"))
+    ap.add_argument("--conv", type=conv_forms, default="split,grouped",
+                    help="AlexNet conv forms of the model-LRN rows of (b): split,grouped, one, or none")
+    ap.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
+                    help="also the torch.compile(mode='reduce-overhead') rows (CUDA, with compile)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=("lrn", "model", "two-device", "grouped"))
     ap.add_argument("--json", type=Path, help="write the record here")
     ap.add_argument("--verbose", action="store_true", help="print tracebacks")
     args = ap.parse_args(argv)
@@ -555,8 +669,10 @@ def main(argv=None):
             results.append(dict(section="model", error=f"{type(e).__name__}: {e}"))
     if "two-device" not in args.skip:
         check_two_device(args, dev, results)
+    if "grouped" not in args.skip:
+        check_grouped(args, dev, results)
 
-    r = ratios(model_recs)
+    r = {**ratios(model_recs), **conv_ratios(model_recs)}
     log("\nsummary (training img/s)")
     for name, rec in model_recs.items():
         v = rec.get("img_per_s")

@@ -8,7 +8,7 @@ from dataclasses import MISSING, fields
 import click
 
 from shards.errors import UserError
-from train.config import COLUMNS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig
+from train.config import COLUMNS, COMPILE_MODES, CONVS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig
 from shards.format import TRAIN, VAL
 from train.launch import DEVICE_CHOICES
 
@@ -145,6 +145,10 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @_opt("--amp/--no-amp", field="amp", help="bf16 autocast on CUDA.")
 @_opt("--channels-last/--no-channels-last", field="channels_last", help="channels-last tensors on CUDA.")
 @_opt("--compile/--no-compile", "compile_", field="compile", help="torch.compile the model.")
+@_opt("--compile-mode", field="compile_mode", type=click.Choice(COMPILE_MODES),
+      help="With --compile: torch.compile's mode ('reduce-overhead' replays CUDA graphs).")
+@_opt("--conv", field="conv", type=click.Choice(CONVS),
+      help="'grouped': each layer of both columns as one grouped op when they share a GPU (same maths).")
 @_opt("--seed", field="seed", type=int)
 @_opt("--lighting", field="lighting", type=click.FloatRange(min=0), help="PCA lighting sigma (Section 4.1).")
 @_opt("--val-every", field="val_every", type=click.IntRange(1), help="Epochs between validations.")
@@ -254,7 +258,14 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
 @_opt("--init", field="init", type=click.Choice(INITS),
       help="The model's init, which sets its input normalisation (as in `alexnet train`).")
 @_opt("--batch-size", field="batch_size", type=click.IntRange(1))
+@_opt("--compile/--no-compile", "compile_", field="compile", help="torch.compile the model (as `alexnet train --compile`).")
+@_opt("--compile-mode", field="compile_mode", type=click.Choice(COMPILE_MODES),
+      help="With --compile: torch.compile's mode ('reduce-overhead' replays CUDA graphs).")
+@_opt("--conv", field="conv", type=click.Choice(CONVS), help="As `alexnet train --conv`.")
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per measurement.")
+@click.option("--epochs", type=click.IntRange(2), default=None,
+              help="Time the loader feeding the model over this many whole epochs (each apart, and the data "
+                   "wait of the second and later), instead of --batches batches.")
 @click.option("--warmup", type=click.IntRange(1), default=3, show_default=True, help="Batches excluded before timing.")
 @click.option("--peer-workers", type=click.IntRange(1), default=None, help="Reference loader workers (default: cores, at most 16).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line of stdout.")
@@ -262,7 +273,8 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
               help="Also time the training graph cut after each stage: read, decode, crop, mean_image, lighting, torch.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="PNG of img/s per batch for each measurement (with --stages: of each stage's img/s and share).")
-def profile(shards, device, width, init, batch_size, batches, warmup, peer_workers, as_json, stages, plot):
+def profile(shards, device, width, init, batch_size, compile_, compile_mode, conv, batches, epochs, warmup, peer_workers,
+            as_json, stages, plot):
     """Measure input throughput against model throughput on SHARDS, and against a stock loader.
 
     The model runs the training step of `alexnet train` with its defaults (Section 5's SGD).
@@ -272,6 +284,7 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
       alexnet profile /data/shards --device cuda --batch-size 256 --plot profile.png
       alexnet profile shards --device cpu --width 0.25 --init kaiming --batch-size 32 --batches 10 --json
       alexnet profile /data/shards --device cuda --batch-size 256 --stages --plot stages.png
+      alexnet profile /data/shards --device cuda --batch-size 256 --compile --epochs 3
     """
     from train.profile import format_table, plot_profile, plot_stages, run_profile
 
@@ -280,10 +293,11 @@ def profile(shards, device, width, init, batch_size, batches, warmup, peer_worke
         _output_file(plot, "--plot")
     devices, _ = _placement(device)
     say = (lambda m: click.echo(m, err=True))
-    cfg = TrainConfig(shards=shards, width=width, init=init, batch_size=batch_size, device=device)
+    cfg = TrainConfig(shards=shards, width=width, init=init, batch_size=batch_size, device=device, compile=compile_,
+                      compile_mode=compile_mode, conv=conv)
     # the loader is built first: a bad size or a missing DALI is one line before any timing
     r = _library_errors(run_profile, cfg, devices=devices, batches=batches, warmup=warmup, peer_workers=peer_workers,
-                        progress=say, stages=stages)
+                        progress=say, stages=stages, epochs=epochs)
     if plot:
         (plot_stages if stages else plot_profile)(r, plot)
         say(f"profile: plot written to {plot}")

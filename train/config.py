@@ -24,6 +24,12 @@ POOLS = ("overlapping", "traditional")
 # Learning-rate schedules (train.schedule): Section 5's "divide by 10 when the validation error
 # stopped improving", or fixed epochs (lr_steps).
 SCHEDULES = ("plateau", "step")
+# How the model runs, not what it is (results equal to float rounding; issue 13 measures them):
+# torch.compile's modes ("reduce-overhead" replays CUDA graphs), and the two columns' layers as
+# two ops each ("split", Figure 2 as written) or as one grouped op when both columns share a
+# device ("grouped", train.model.AlexNet).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+CONVS = ("split", "grouped")
 
 
 def input_norm_for(init: str) -> str:
@@ -62,6 +68,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # with compile: default | reduce-overhead (CUDA graphs) | max-autotune
+    conv: str = "split"  # split | grouped: the columns' layers as one op each when they share a device
     seed: int = 0
     lighting: float = 0.1  # Section 4.1: sigma of the PCA lighting alpha
     val_every: int = 1  # epochs between validations

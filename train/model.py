@@ -5,13 +5,18 @@ where the paper's do: conv3 and fc6/fc7 see both columns' outputs, and fc8 (one 
 layer, as in the two-GPU code) reads both fc7 halves on the first device. Every layer is a plain
 nn.Conv2d / nn.Linear (two per layer, one per column; no grouped convolutions), so hooks,
 summaries and other tools see the paper's layers.
+
+On one device, ``AlexNet(conv="grouped")`` runs each layer of both columns as one op (a grouped
+convolution or one matrix product over the columns' concatenated weights): the same parameters,
+the same maths, fewer and larger kernels.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from train.config import COLUMNS, INITS, INPUT_NORMS, POOLS, input_norm_for
+from train.config import COLUMNS, CONVS, INITS, INPUT_NORMS, POOLS, input_norm_for
 from train.response_norm import LRN
 
 __all__ = ["AlexNet", "Column", "PaperDropout", "column_sizes", "count_parameters", "input_norm_for"]
@@ -20,7 +25,7 @@ __all__ = ["AlexNet", "Column", "PaperDropout", "column_sizes", "count_parameter
 CONV_CHANNELS = (96, 256, 384, 384, 256)
 FC_HIDDEN = 4096
 POOLED_SIZE = 6          # spatial size after the third max-pool: 55 -> 27 -> 13 -> 6
-# The inits and input normalisations, and which input each init is built for, live in
+# The inits, input normalisations and conv forms, and which input each init is built for, live in
 # train.config (no torch there, so the CLI can offer them as choices without loading torch).
 
 
@@ -116,7 +121,7 @@ def column_sizes(width: float, columns: int):
 
 class AlexNet(nn.Module):
     """The paper's network (Figure 2): ``AlexNet(num_classes, devices, width, init, input_norm,
-    columns, lrn, pool)``.
+    columns, lrn, pool, conv)``.
 
     Args:
         num_classes: outputs of fc8 (1000 for ImageNet).
@@ -137,11 +142,20 @@ class AlexNet(nn.Module):
             it lives on ``devices[0]``).
         lrn: False drops the response normalisation (the Section 3.3 ablation).
         pool: "overlapping" (z = 3, s = 2, the paper's) or "traditional" (z = s = 2, Section 3.4).
+        conv: how the two columns run, not what they are (not in ``config``; the parameters and
+            the state dict are the same either way, so a checkpoint loads in both, and
+            ``model.conv`` may be changed at any time). "split" (the default): every layer is
+            its two columns' own nn.Conv2d / nn.Linear calls. "grouped": one op per layer over
+            both columns' concatenated weights (conv2, conv4, conv5 with ``groups=2``; conv1,
+            conv3, fc6, fc7 with both columns' kernels stacked), LRN still within each column;
+            the gradients reach each column's own parameters. It needs both columns on one
+            device, and the forward hooks of the per-column conv/linear modules do not fire in
+            it. A one-column net (columns=1) has nothing to group and runs as it is.
     """
 
     def __init__(self, num_classes: int = 1000, devices=None, width: float = 1.0,
                  init: str = "caffe", input_norm: str | None = None, columns: int = 2, lrn: bool = True,
-                 pool: str = "overlapping"):
+                 pool: str = "overlapping", conv: str = "split"):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
@@ -164,11 +178,22 @@ class AlexNet(nn.Module):
         for column, d in zip(self.columns, (d0, d1)):
             column.to(d)
         self.fc8.to(d0)
+        self.conv = conv                 # an execution choice, like channels-last: not in config
 
     @property
     def devices(self) -> tuple[torch.device, ...]:
         """Where the columns are now (so ``model.to(...)`` afterwards is respected)."""
         return tuple(c.conv1.weight.device for c in self.columns)
+
+    @property
+    def conv(self) -> str:
+        """"split" or "grouped" (see the class docstring); checked when set and in forward."""
+        return self._conv_form
+
+    @conv.setter
+    def conv(self, value: str):
+        _check_conv(value, self.devices)
+        self._conv_form = value
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """Logits (N x num_classes, on devices[0]); with ``return_features``, also the fc7
@@ -176,6 +201,8 @@ class AlexNet(nn.Module):
         used for its nearest-neighbour figure (Section 6.1)."""
         if len(self.columns) == 1:
             logits, features = self._one_column(x)
+        elif self._conv_form == "grouped":
+            logits, features = self._grouped(x)
         else:
             logits, (f0, f1) = self._two_columns(x)
             if return_features:  # joined only when asked: not on every training step
@@ -199,6 +226,24 @@ class AlexNet(nn.Module):
         logits = self.fc8(torch.cat([a0, a1.to(d0, non_blocking=True)], 1))
         return logits, (f0, f1)
 
+    def _grouped(self, x):
+        """_two_columns' maths with one op per layer for both columns (conv="grouped"). Every
+        joined tensor holds column 0's channels (units) first, as _exchange's concatenations."""
+        _check_conv("grouped", self.devices)
+        col0, col1 = self.columns
+        x = x.to(self.devices[0], non_blocking=True)
+        a = torch.relu(_conv(x, col0.conv1, col1.conv1))                  # both read the image
+        a = col0.pool(_lrn_columns(col0.lrn, col1.lrn, a))                # LRN per column (3.3)
+        a = torch.relu(_conv(a, col0.conv2, col1.conv2, groups=2))        # own column only
+        a = col0.pool(_lrn_columns(col0.lrn, col1.lrn, a))
+        a = torch.relu(_conv(a, col0.conv3, col1.conv3))                  # every column's conv2
+        a = torch.relu(_conv(a, col0.conv4, col1.conv4, groups=2))
+        a = col0.pool(torch.relu(_conv(a, col0.conv5, col1.conv5, groups=2)))
+        a = torch.relu(_linear(torch.flatten(a, 1), col0.fc6, col1.fc6))  # every column's pool5
+        a = _dropout_columns(col0.dropout, col1.dropout, a)               # Section 4.2
+        features = torch.relu(_linear(a, col0.fc7, col1.fc7))             # every column's fc6
+        return self.fc8(_dropout_columns(col0.dropout, col1.dropout, features)), features
+
     def conv1_weight(self) -> torch.Tensor:
         """The conv1 kernels (96 x 3 x 11 x 11 at width 1): column 1's, then column 2's (Figure
         3's top and bottom halves), on devices[0]."""
@@ -211,6 +256,59 @@ def _exchange(f0, f1, a0, a1, d0, d1):
     b0 = f0(torch.cat([a0, a1.to(d0, non_blocking=True)], 1))
     b1 = f1(torch.cat([a0.to(d1, non_blocking=True), a1], 1))
     return b0, b1
+
+
+def _check_conv(conv, devices):
+    """ValueError unless ``conv`` is one of CONVS and "grouped" has one device to run on."""
+    if conv not in CONVS:
+        raise ValueError(f"conv={conv!r} is not one of {', '.join(CONVS)}")
+    if conv == "grouped" and len(set(devices)) > 1:
+        raise ValueError(f"conv='grouped' needs both columns on one device; they are on "
+                         f"{', '.join(map(str, devices))}: use conv='split' for two devices")
+
+
+def _conv(x, m0, m1, groups=1):
+    """One F.conv2d for both columns' layer: m0's kernels, then m1's (Section 3.5). groups=1:
+    each reads all of x; groups=2: each reads its own column's half of x's channels. torch.cat
+    of the parameters sends each column's gradient back to its own weights."""
+    weight = torch.cat([m0.weight, m1.weight])
+    bias = torch.cat([m0.bias, m1.bias])
+    return F.conv2d(x, weight, bias, m0.stride, m0.padding, m0.dilation, groups)
+
+
+def _linear(x, m0, m1):
+    """One F.linear for both columns' fully-connected layer over the one joined input x."""
+    return F.linear(x, torch.cat([m0.weight, m1.weight]), torch.cat([m0.bias, m1.bias]))
+
+
+def _alike(m0, m1) -> bool:
+    """The two columns' modules compute the same thing (they do unless one was changed)."""
+    return type(m0) is type(m1) and m0.extra_repr() == m1.extra_repr()
+
+
+def _lrn_columns(lrn0, lrn1, x):
+    """Section 3.3's LRN within each column of the joined (N, 2C, H, W) maps x: a channel's
+    window of 5 must not reach across from column 0's C channels into column 1's. Where the
+    halves can be viewed as separate rows of C channels (NCHW: 2N images; channels-last: 2NHW
+    pixels), one call covers both; otherwise each column's half on its own."""
+    if isinstance(lrn0, nn.Identity) and isinstance(lrn1, nn.Identity):   # lrn=False
+        return x
+    n, c, h, w = x.shape
+    if _alike(lrn0, lrn1) and x.is_contiguous():
+        return lrn0(x.view(2 * n, c // 2, h, w)).reshape(n, c, h, w)
+    if _alike(lrn0, lrn1) and x.is_contiguous(memory_format=torch.channels_last):
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w * 2, c // 2, 1)   # a view of NHWC memory
+        return lrn0(rows).reshape(n, h, w, c).permute(0, 3, 1, 2)
+    x0, x1 = x.chunk(2, 1)
+    return torch.cat([lrn0(x0), lrn1(x1)], 1)
+
+
+def _dropout_columns(d0, d1, x):
+    """Each column's dropout on its half of the joined units x; one call when they agree."""
+    if _alike(d0, d1):
+        return d0(x)
+    x0, x1 = x.chunk(2, 1)
+    return torch.cat([d0(x0), d1(x1)], 1)
 
 
 def _placement(devices):

@@ -4,7 +4,9 @@ Measured in one run, on the same shards, at the same batch size and precision:
   pipeline    the DALI training loader alone (img/s)
   model       the trainer's own training step (train.step) alone, on synthetic input (img/s)
   end_to_end  the loader feeding the training steps (img/s, and the fraction of step time spent
-              waiting for data)
+              waiting for data); with `epochs`, over whole epochs, each epoch's figures apart
+              and the data wait of the second and later epochs (after the first pipeline's
+              start-up, with each next epoch's pipeline build in them)
   peer        the stock webdataset + PIL + DataLoader reference loader doing the same work (img/s)
 Warm-up batches are excluded from every figure. Per-batch rates are kept for the plot.
 """
@@ -14,7 +16,7 @@ import time
 import torch
 
 from shards.format import TRAIN
-from train.step import build_model, build_optimizer, memory_format_for, train_step
+from train.step import build_model, build_optimizer, compiled, memory_format_for, train_step, uses_cuda_graphs
 from train.timing import Clock
 
 
@@ -40,9 +42,10 @@ def _time_loader(loader, n, warmup, device):
     return clock.intervals(), sizes
 
 
-def _time_steps(step, batches, warmup, device):
+def _time_steps(step, batches, warmup, device, raw=False):
     """`_summary` of training steps on `batches` (an iterable of (images, labels)), warm-up
-    excluded, with the fraction of the steps' time the host waited for the next batch."""
+    excluded, with the fraction of the steps' time the host waited for the next batch; `raw`:
+    also the per-batch seconds of waiting and of the whole step, and the batch sizes."""
     clock, waits, sizes = Clock(device), [], []
     batches = iter(batches)
     i = 0
@@ -60,7 +63,41 @@ def _time_steps(step, batches, warmup, device):
             clock.mark()
         i += 1
     times = clock.intervals()
-    return {**_summary(times, sizes), "data_wait": min(1.0, sum(waits) / sum(times))}
+    out = {**_summary(times, sizes), "data_wait": min(1.0, sum(waits) / sum(times))}
+    return (out, (waits, times, sizes)) if raw else out
+
+
+def _time_epochs(step, loader, epochs, warmup, device):
+    """`_time_steps` over `epochs` whole epochs of `loader` (warm-up batches at the start of the
+    first excluded), with "epochs": each epoch's img/s, data wait and wait for its first batch
+    (the pipeline's start-up: built at once for the first, in the background for the others),
+    and "data_wait_later": the data wait over the second and later epochs."""
+    epoch_of, first = [], []
+
+    def batches():
+        for e in range(epochs):
+            t = time.perf_counter()
+            for batch in loader:
+                if len(first) == e:
+                    first.append(time.perf_counter() - t)
+                epoch_of.append(e)
+                yield batch
+
+    out, (waits, times, sizes) = _time_steps(step, batches(), warmup, device, raw=True)
+    epoch_of = epoch_of[warmup:]
+    rows = []
+    for e in range(epochs):
+        mine = [i for i, k in enumerate(epoch_of) if k == e]
+        if not mine:
+            continue
+        w, t = sum(waits[i] for i in mine), sum(times[i] for i in mine)
+        rows.append({"epoch": e + 1, "batches": len(mine), "img_s": sum(sizes[i] for i in mine) / t,
+                     "data_wait": min(1.0, w / t), "first_batch_wait_s": first[e]})
+    later = [i for i, k in enumerate(epoch_of) if k >= 1]
+    if later:
+        out["data_wait_later"] = min(1.0, sum(waits[i] for i in later) / sum(times[i] for i in later))
+    out["epochs"] = rows
+    return out
 
 
 def _summary(times, sizes):
@@ -69,12 +106,14 @@ def _summary(times, sizes):
             "per_batch_img_s": [s / t for s, t in zip(sizes, times)]}
 
 
-def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, progress=print, stages=False):
+def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, progress=print, stages=False,
+                epochs=None):
     """The four measurements of the module docstring, for the model and loader that `cfg` (a
-    TrainConfig: shards, width, init, batch size, amp, channels-last) describes, on `devices`
-    (train.launch.resolve_devices; None for the CPU). The model runs the trainer's own step.
-    `stages`: also time the training graph cut after each stage (pipeline.stages), under
-    result["stages"]."""
+    TrainConfig: shards, width, init, batch size, amp, channels-last, compile and its mode,
+    conv) describes, on `devices` (train.launch.resolve_devices; None for the CPU). The model
+    runs the trainer's own step. `stages`: also time the training graph cut after each stage
+    (pipeline.stages), under result["stages"]. `epochs`: the end-to-end figure over that many
+    whole epochs (`_time_epochs`) instead of `batches` batches."""
     from pipeline import build_loader
     from pipeline.draws import CROP
     from pipeline.reference import build_reference_loader
@@ -88,7 +127,8 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
     n = cfg.batch_size
     result = {"device": str(device) if devices is None or len(devices) == 1 else ",".join(devices),
               "batch_size": n, "width": cfg.width, "batches": batches, "warmup_batches": warmup,
-              "amp_bf16": bool(cfg.amp and device.type == "cuda")}
+              "amp_bf16": bool(cfg.amp and device.type == "cuda"),
+              "compile": cfg.compile_mode if cfg.compile else None, "conv": cfg.conv}
 
     loader = build_loader(cfg.shards, TRAIN, n, device=str(device), memory_format=mf, mean=cfg.input_norm,
                           lighting=cfg.lighting)  # first: its errors come before any output
@@ -101,18 +141,22 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
 
     progress("profile: model alone on synthetic input")
     model = build_model(cfg, manifest.num_classes, devices)
-    optimizer = build_optimizer(model, cfg)
+    net, optimizer, graphs = compiled(model, cfg), build_optimizer(model, cfg), uses_cuda_graphs(cfg)
 
     def step(images, labels):
-        train_step(model, optimizer, images, labels, device, cfg.amp)
+        train_step(net, optimizer, images, labels, device, cfg.amp, graphs)
 
     scale = 60.0 if cfg.input_norm == "image" else 1.0  # the loader's output scale
     x = torch.randn(n, 3, CROP, CROP, device=device).mul_(scale).contiguous(memory_format=mf)
     y = torch.randint(0, manifest.num_classes, (n,), device=device)
     result["model"] = _time_steps(step, ((x, y) for _ in range(batches + warmup)), warmup, device)
 
-    progress("profile: pipeline feeding the model")
-    result["end_to_end"] = _time_steps(step, _batches(loader, batches + warmup), warmup, device)
+    if epochs:
+        progress(f"profile: pipeline feeding the model over {epochs} epochs of {len(loader)} batches")
+        result["end_to_end"] = _time_epochs(step, loader, epochs, warmup, device)
+    else:
+        progress("profile: pipeline feeding the model")
+        result["end_to_end"] = _time_steps(step, _batches(loader, batches + warmup), warmup, device)
     loader.close()
     result["data_wait"] = result["end_to_end"]["data_wait"]
 
@@ -190,6 +234,11 @@ def format_table(r):
     fed = r["pipeline"]["img_s"] / r["model"]["img_s"]
     lines.append(f"pipeline / model = {fed:.2f}x ({'the model is fed' if fed >= 1 else 'INPUT-BOUND: the model waits for data'}); "
                  f"pipeline / reference = {r['pipeline']['img_s'] / r['peer']['img_s']:.2f}x")
+    for row in r["end_to_end"].get("epochs", []):
+        lines.append(f"  epoch {row['epoch']}: {row['batches']} batches, {row['img_s']:.0f} img/s, data wait "
+                     f"{100 * row['data_wait']:.1f}%, first batch waited {1e3 * row['first_batch_wait_s']:.0f} ms")
+    if "data_wait_later" in r["end_to_end"]:
+        lines.append(f"  data wait over epochs 2+: {100 * r['end_to_end']['data_wait_later']:.1f}% of step time")
     lines.append(f"({r['warmup_batches']} warm-up batches excluded from every figure; "
                  f"{r['peer']['warmup_batches']} for the reference loader, until each worker has delivered)")
     if "stages" in r:

@@ -20,10 +20,22 @@ def build_model(cfg: TrainConfig, num_classes: int, devices=None, rank: int = 0)
     torch RNG reseeded per rank so that dropout masks differ between replicas."""
     torch.manual_seed(cfg.seed)
     model = AlexNet(num_classes, devices=devices, width=cfg.width, init=cfg.init, input_norm=cfg.input_norm,
-                    columns=cfg.columns, lrn=cfg.lrn, pool=cfg.pool)
+                    columns=cfg.columns, lrn=cfg.lrn, pool=cfg.pool, conv=cfg.conv)
     torch.manual_seed(cfg.seed + 1000 * rank + 1)
     first = devices[0] if devices else "cpu"
     return model.to(memory_format=memory_format_for(cfg, first))
+
+
+def compiled(net: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """`net` under torch.compile in the run's mode when cfg.compile, else `net` itself."""
+    if not cfg.compile:
+        return net
+    return torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+
+
+def uses_cuda_graphs(cfg: TrainConfig) -> bool:
+    """Whether `compiled` replays CUDA graphs (train_step then marks each step)."""
+    return cfg.compile and cfg.compile_mode == "reduce-overhead"
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> PaperSGD:
@@ -31,9 +43,13 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> PaperSGD:
     return PaperSGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
 
-def train_step(net, optimizer, images, labels, device, amp: bool) -> torch.Tensor:
+def train_step(net, optimizer, images, labels, device, amp: bool, cuda_graphs: bool = False) -> torch.Tensor:
     """Forward (bf16 autocast on CUDA when `amp`), cross-entropy in float32, backward, update.
-    Returns the loss as a device tensor: reading it would synchronise, so callers batch reads."""
+    Returns the loss as a device tensor: reading it would synchronise, so callers batch reads.
+    `cuda_graphs` (a net compiled with mode="reduce-overhead") marks each call as a new step, so
+    the replayed graphs may reuse their buffers: the loss is computed outside them and stays valid."""
+    if cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
     with autocast_for(device, amp):
         logits = net(images)
         loss = F.cross_entropy(logits.float(), labels.to(logits.device))

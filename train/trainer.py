@@ -22,7 +22,7 @@ from train.evaluate import evaluate, from_counts
 from train.launch import Launch, resolve_devices
 from train.metrics import MetricsLog
 from train.schedule import make_schedule
-from train.step import build_model, build_optimizer, memory_format_for, train_step
+from train.step import build_model, build_optimizer, compiled, memory_format_for, train_step, uses_cuda_graphs
 from train.timing import StepTimes
 
 
@@ -108,7 +108,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(model)  # device_ids=None: a multi-device module
-        return torch.compile(net) if self.cfg.compile else net
+        return compiled(net, self.cfg)
 
     # --- the loop ------------------------------------------------------------------------
     def fit(self):
@@ -142,7 +142,8 @@ class Trainer:
         return self
 
     def train_step(self, images, labels):
-        return train_step(self.net, self.optimizer, images, labels, self.device, self.cfg.amp)
+        return train_step(self.net, self.optimizer, images, labels, self.device, self.cfg.amp,
+                          uses_cuda_graphs(self.cfg))
 
     def elapsed(self) -> float:
         """Seconds of training in all, across resumes (validation and checkpoints included)."""
