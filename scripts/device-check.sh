@@ -6,9 +6,18 @@
 #   mkdir -p /tmp/parts && cp .dw0/part /tmp/parts/p0
 #   cp .dw1/part /tmp/parts/p1
 #   cp .dw2/part /tmp/parts/p2 && bash scripts/device-check.sh
-# It unpacks DALI, runs the GPU-marked tests, the pipeline benchmark (lighting vs none vs the
-# stock loader), `alexnet profile` (data wait) and the model benchmark (LRN variants), writes
-# $OUT/device-check.json and prints a summary. Budget: under 5 minutes.
+# Issue 13 ("Is the GPU fed?") in one run of at most $BUDGET seconds (default 290): it unpacks
+# DALI; builds $SAMPLES (40,960: 160 batches of 256 an epoch) training samples on every core
+# while the GPU-marked tests run; then prints
+#   bench-pipeline  the training loader, its candidate graphs (--variant) and the stock loader,
+#                   each with its ratio to the bare DALI anchor measured in the same run
+#   profile-stages  `alexnet profile --stages`: the graph cut after each stage (table + PNG)
+#   profile-e2e     `alexnet profile --compile --epochs 3`: the compiled model fed by the loader,
+#                   each epoch apart, the data wait of epochs 2+ (the next-epoch build in them)
+#   bench-model     split vs grouped convolutions, eager / compiled / CUDA graphs
+# Every step has a time limit and the steps stop at the budget; the log is $OUT/device-check.log
+# (copy it to docs/device-logs/), figures $OUT/*.png, a summary $OUT/device-check.json.
+# A CPU rehearsal at tiny sizes: SMOKE=1 DEVICE=cpu bash scripts/device-check.sh
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,57 +46,67 @@ fi
 
 OUT=${OUT:-/tmp/device-check}
 mkdir -p "$OUT"
+exec > >(tee "$OUT/device-check.log") 2>&1
 t0=$(date +%s)
-if [ -d /tmp/parts ] && [ ! -d /tmp/site/nvidia/dali ]; then
-  mkdir -p /tmp/site && cat $(ls /tmp/parts/p* | sort -V) | xz -d | tar x -C /tmp/site || echo "unpack failed"
+DEVICE=${DEVICE:-cuda}
+BUDGET=${BUDGET:-290}
+CORES=$(nproc)
+if [ -n "${SMOKE:-}" ]; then  # the rehearsal: tiny sizes, a tiny net
+  SAMPLES=${SAMPLES:-512}; BATCH=${BATCH:-32}; BATCHES=8; NET=(--width 0.125 --init kaiming)
+  MODEL_ARGS=(--batch-size 4 --steps 2 --windows 1 --warmup 1)
+else
+  SAMPLES=${SAMPLES:-40960}; BATCH=${BATCH:-256}; BATCHES=60; NET=(); MODEL_ARGS=(--steps 10 --windows 3 --warmup 3)
 fi
-export PYTHONPATH=/tmp/site:$root:$root/tests PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, nvidia.dali, webdataset; print('torch', torch.__version__, 'dali', nvidia.dali.__version__)" 2>&1 | tail -1
+if [ -d /tmp/parts ] && [ ! -d /tmp/site/nvidia/dali ]; then
+  mkdir -p /tmp/site && cat $(ls /tmp/parts/p* | sort -V) | xz -d -T0 | tar x -C /tmp/site || echo "unpack failed"
+fi
+export PYTHONPATH=/tmp/site:$root:$root/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}  # compiled once, reused by later steps
+PY=${PYTHON:-python3}
+git log -1 --format='commit %h %s' 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt" \
+  || echo "no GPU: $DEVICE" | tee "$OUT/gpu.txt"
+$PY -c "import torch, nvidia.dali, webdataset; print('torch', torch.__version__, 'dali', nvidia.dali.__version__)" 2>&1 | tail -1
 
-step() {  # step NAME SECONDS CMD...: run with a time limit, keep the log, never stop the script
+step() {  # step NAME SECONDS CMD...: at most SECONDS and never past the budget; keep the log, go on
   local name=$1 limit=$2; shift 2
+  local left=$(( BUDGET - ($(date +%s) - t0) ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then echo "== $name: skipped (budget spent)"; return; fi
   echo "== $name (limit ${limit}s, at $(( $(date +%s) - t0 ))s)"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "rc=$?" >> "$OUT/$name.log"
   tail -n "${TAIL:-6}" "$OUT/$name.log"
 }
 
-python3 -c "from shardkit import make_shards; import os; os.makedirs('/tmp/dc-shards', exist_ok=True); \
-make_shards('/tmp/dc-shards', n_train=3072, n_val=0, classes=1000, shard_size=512, seed=0)" \
-  || echo "shard generation failed"
-step pytest-gpu "${PYTEST_S:-60}" python3 -m pytest -q -m gpu -x tests/test_dali_loader.py tests/test_model.py tests/test_response_norm.py
-step bench-pipeline "${PIPE_S:-50}" python3 scripts/bench_pipeline.py --device cuda --samples 2000 --repeats 1 --batch-size 256 --json
-TAIL=12 step profile-stages "${STAGES_S:-40}" python3 -m alexnet_cli profile /tmp/dc-shards --device cuda --batch-size 256 --batches 10 --warmup 3 --peer-workers 16 --stages --plot "$OUT/stages.png"
-TAIL=8 step profile "${PROF_S:-45}" python3 -m alexnet_cli profile /tmp/dc-shards --device cuda --batch-size 256 --batches 15 --warmup 3 --peer-workers 16 --json --plot "$OUT/profile.png"
-# The full-size recipe's learning check (issue "Training that learns", item 2): the built-in
-# sample data, larger (10 classes x 400 training images: 31 steps of 128 an epoch), then
-# `alexnet train --batch-size 128` with no other option for 200 steps; bench_learning prints
-# the max loss / ln C (bar 1.5), the first step below 0.8 ln C (bar 200) and the dead fc7 share
-# (bar 10 %). The training is capped at 60 s of GPU time.
-if [ -z "${NO_LEARN:-}" ]; then
-  step learn-data "${LEARN_DATA_S:-120}" bash -c "python3 -m alexnet_cli sample-data /tmp/learn/raw --classes 10 \
-    --train-per-class 400 --val-per-class 20 && python3 -m alexnet_cli preprocess /tmp/learn/raw /tmp/learn/shards"
-  TAIL=8 step learn-full "${LEARN_S:-60}" python3 scripts/bench_learning.py --shards /tmp/learn/shards \
-    --work /tmp/learn --recipes "${LEARN_RECIPES:-full}" --seeds 0 --threads 4 --max-steps 200 --device cuda \
-    --json "$OUT/learn-full.json"
-fi
-if [ -n "${MODEL:-}" ]; then  # the model benchmark (~130 s), measured separately
-  TAIL=14 step bench-model "${MODEL_S:-100}" python3 scripts/bench_gpu_model.py --compile on --steps 8 --windows 3 --json "$OUT/bench-model.json"
-fi
-python3 - "$OUT" <<'PY'
+shards=/tmp/dc-shards
+rm -rf "$shards" && mkdir -p "$shards"
+echo "== shards: $SAMPLES training samples on $CORES cores (in the background)"
+( s=$(date +%s); $PY -c "from shardkit import make_shards; m = make_shards('$shards', n_train=$SAMPLES, n_val=0, \
+classes=1000, shard_size=1024, seed=0, workers=$CORES); print(m.split('train').samples, 'samples')" \
+  && echo "shards built in $(( $(date +%s) - s ))s" ) > "$OUT/shards.log" 2>&1 &
+gen=$!
+TAIL=4 step pytest-gpu "${PYTEST_S:-75}" $PY -m pytest -q -m gpu -p no:cacheprovider tests
+wait $gen; cat "$OUT/shards.log"
+TAIL=16 step bench-pipeline "${PIPE_S:-75}" $PY scripts/bench_pipeline.py --shards "$shards" --device "$DEVICE" \
+  --batch-size "$BATCH" --repeats 1 --batches "$BATCHES" --ref-workers "$CORES" \
+  --variant after=after:1 --variant fp16=dtype:float16 --variant fp16+after=dtype:float16,after:1 \
+  --variant hw0=hw:0 --variant hw1=hw:1 --variant prefetch4=prefetch:4 --variant threads-half=threads:$(( (CORES + 1) / 2 ))
+TAIL=20 step profile-stages "${STAGES_S:-60}" $PY -m alexnet_cli profile "$shards" --device "$DEVICE" "${NET[@]}" \
+  --batch-size "$BATCH" --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" --stages --plot "$OUT/stages.png"
+TAIL=16 step profile-e2e "${E2E_S:-110}" $PY -m alexnet_cli profile "$shards" --device "$DEVICE" "${NET[@]}" \
+  --batch-size "$BATCH" --compile --epochs 3 --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" --plot "$OUT/profile.png"
+TAIL=24 step bench-model "${MODEL_S:-120}" $PY scripts/bench_gpu_model.py --device "$DEVICE" "${MODEL_ARGS[@]}" \
+  --skip lrn two-device --variants conv= "no LRN + torch.compile" --extra --json "$OUT/bench-model.json"
+$PY - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
 rec = {"gpu": open(os.path.join(out, "gpu.txt")).read().strip()}
-for name in ("bench-pipeline", "profile"):
+for name in ("bench-pipeline", "profile-stages", "profile-e2e", "pytest-gpu"):
     try:
-        lines = [l for l in open(os.path.join(out, name + ".log")) if l.startswith("{")]
-        rec[name] = json.loads(lines[-1])
-    except Exception as e:
+        rec[name] = open(os.path.join(out, name + ".log")).read().strip().splitlines()[-30:]
+    except OSError as e:
         rec[name] = f"no result ({e})"
-p = os.path.join(out, "learn-full.json")
-if os.path.exists(p):
-    rec["learn-full"] = json.load(open(p))
 p = os.path.join(out, "bench-model.json")
 if os.path.exists(p):
     rec["bench-model"] = json.load(open(p)).get("summary", "see bench-model.json")

@@ -200,3 +200,28 @@ def test_columns_with_different_dropout_keep_their_own():
         _, features = model(images(4), return_features=True)
     assert torch.equal(outs[0][:, 512:], features[:, 512:])   # column 2 keeps every unit
     assert (outs[0][:, :512][features[:, :512] > 0] == 0).float().mean() > 0.4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gpu_grouped_matches_split_with_the_triton_lrn(layout, monkeypatch):
+    """On CUDA the LRN is the Triton kernel, fed the (2N, C, H, W) or (2NHW, C, 1) views of
+    `_lrn_columns`: the grouped net against the split one, logits and gradients, TF32 off."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = make(init="kaiming").cuda().to(memory_format=layout)
+    for column in model.columns:
+        column.dropout.p = 0.0
+    x = images(4).cuda().contiguous(memory_format=layout)
+    y = torch.arange(4, device="cuda")
+    grads = {}
+    for conv in ("split", "grouped"):
+        model.zero_grad(set_to_none=True)
+        logits, features = run(model, x, conv)
+        F.cross_entropy(logits, y).backward()
+        grads[conv] = (logits.detach(), features.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    (l0, f0, g0), (l1, f1, g1) = grads["split"], grads["grouped"]
+    assert_close(l0, l1)
+    assert_close(f0, f1)
+    for name in g0:
+        assert_close(g0[name], g1[name], scale=g0[name].abs().max()), name
