@@ -17,7 +17,8 @@
 #   bench-model     split vs grouped convolutions, eager / compiled / CUDA graphs
 # Every step has a time limit and the steps stop at the budget; the log is $OUT/device-check.log
 # (copy it to docs/device-logs/), figures $OUT/*.png, a summary $OUT/device-check.json.
-# A CPU rehearsal at tiny sizes: SMOKE=1 DEVICE=cpu bash scripts/device-check.sh
+# A CPU rehearsal at tiny sizes: SMOKE=1 DEVICE=cpu bash scripts/device-check.sh (tests/test_device_check.py
+# runs it with COMPILE=--no-compile).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -79,7 +80,7 @@ step() {  # step NAME SECONDS CMD...: at most SECONDS and never past the budget;
   tail -n "${TAIL:-6}" "$OUT/$name.log"
 }
 
-shards=/tmp/dc-shards
+shards=${SHARDS_DIR:-/tmp/dc-shards}  # not under $OUT: that comes back from the device
 rm -rf "$shards" && mkdir -p "$shards"
 echo "== shards: $SAMPLES training samples on $CORES cores (in the background)"
 ( s=$(date +%s); $PY -c "from shardkit import make_shards; m = make_shards('$shards', n_train=$SAMPLES, n_val=0, \
@@ -95,7 +96,7 @@ TAIL=16 step bench-pipeline "${PIPE_S:-75}" $PY scripts/bench_pipeline.py --shar
 TAIL=20 step profile-stages "${STAGES_S:-60}" $PY -m alexnet_cli profile "$shards" --device "$DEVICE" "${NET[@]}" \
   --batch-size "$BATCH" --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" --stages --plot "$OUT/stages.png"
 TAIL=16 step profile-e2e "${E2E_S:-110}" $PY -m alexnet_cli profile "$shards" --device "$DEVICE" "${NET[@]}" \
-  --batch-size "$BATCH" --compile --epochs 3 --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" --plot "$OUT/profile.png"
+  --batch-size "$BATCH" "${COMPILE:---compile}" --epochs 3 --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" --plot "$OUT/profile.png"
 TAIL=24 step bench-model "${MODEL_S:-120}" $PY scripts/bench_gpu_model.py --device "$DEVICE" "${MODEL_ARGS[@]}" \
   --skip lrn two-device --variants conv= "no LRN + torch.compile" --extra --json "$OUT/bench-model.json"
 $PY - "$OUT" <<'PY'
