@@ -221,7 +221,7 @@ def test_gpu_grouped_matches_split_with_the_triton_lrn(layout, monkeypatch):
         F.cross_entropy(logits, y).backward()
         grads[conv] = (logits.detach(), features.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     (l0, f0, g0), (l1, f1, g1) = grads["split"], grads["grouped"]
-    assert_close(l0, l1)
-    assert_close(f0, f1)
-    for name in g0:
-        assert_close(g0[name], g1[name], scale=g0[name].abs().max()), name
+    # cuDNN picks other algorithms (other summation orders) for grouped convolutions: 1e-3 of
+    # each tensor's largest value, as tests/test_model.py allows between GPU placements
+    for a, b, what in [(l0, l1, "logits"), (f0, f1, "features")] + [(g0[k], g1[k], k) for k in g0]:
+        assert (a - b).abs().max() <= 1e-3 * a.abs().max(), what

@@ -70,8 +70,12 @@ def _time_steps(step, batches, warmup, device, raw=False):
 def _time_epochs(step, loader, epochs, warmup, device):
     """`_time_steps` over `epochs` whole epochs of `loader` (warm-up batches at the start of the
     first excluded), with "epochs": each epoch's img/s, data wait and wait for its first batch
-    (the pipeline's start-up: built at once for the first, in the background for the others),
-    and "data_wait_later": the data wait over the second and later epochs."""
+    (its pipeline's start-up; on a GPU each is built in the background during the epoch
+    before, the first during the profile's earlier measurements), and "data_wait_later": the
+    data wait over the second and later epochs."""
+    if epochs * len(loader) <= warmup:
+        raise ValueError(f"--epochs {epochs} of {len(loader)} batches leave nothing after --warmup {warmup}: "
+                         "use more epochs or fewer warm-up batches")
     epoch_of, first = [], []
 
     def batches():

@@ -34,8 +34,9 @@ def compiled(net: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def uses_cuda_graphs(cfg: TrainConfig) -> bool:
-    """Whether `compiled` replays CUDA graphs (train_step then marks each step)."""
-    return cfg.compile and cfg.compile_mode == "reduce-overhead"
+    """Whether `compiled` replays CUDA graphs (train_step then marks each step): both
+    "reduce-overhead" and "max-autotune" turn on inductor's cudagraphs."""
+    return cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> PaperSGD:
@@ -46,7 +47,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> PaperSGD:
 def train_step(net, optimizer, images, labels, device, amp: bool, cuda_graphs: bool = False) -> torch.Tensor:
     """Forward (bf16 autocast on CUDA when `amp`), cross-entropy in float32, backward, update.
     Returns the loss as a device tensor: reading it would synchronise, so callers batch reads.
-    `cuda_graphs` (a net compiled with mode="reduce-overhead") marks each call as a new step, so
+    `cuda_graphs` (a net compiled with CUDA graphs, `uses_cuda_graphs`) marks each call as a new step, so
     the replayed graphs may reuse their buffers: the loss is computed outside them and stays valid."""
     if cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()
