@@ -509,10 +509,25 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def check_two_device(args, dev, results):
-    rec = dict(section="two_device")
-    log("\n(c) AlexNet(devices=(d, d)) against devices=(d,) on one device")
+def guarded(args, dev, results, rec, body):
+    """body(rec), its failure recorded in rec and printed, not raised; then the memory freed
+    and rec appended to results."""
     try:
+        body(rec)
+    except Exception as e:
+        rec["error"] = f"{type(e).__name__}: {e}"
+        log(f"  FAILED {rec['error'][:400]}")
+        if args.verbose:
+            traceback.print_exc()
+    free(dev)
+    results.append(rec)
+    return rec
+
+
+def check_two_device(args, dev, results):
+    log("\n(c) AlexNet(devices=(d, d)) against devices=(d,) on one device")
+
+    def body(rec):
         d = str(dev)
         single = make_model(args, dev, devices=(d,) if dev.type == "cuda" else None, seed=0)
         pair = make_model(args, dev, devices=(d, d), seed=1)
@@ -545,22 +560,16 @@ def check_two_device(args, dev, results):
         log(f"  logits rel diff {rel0:.2e} before, {rel1:.2e} after one step; "
             f"loss {la:.6f} vs {lb:.6f}: {'MATCH' if ok else 'MISMATCH'}")
         del single, pair
-    except Exception as e:
-        rec["error"] = f"{type(e).__name__}: {e}"
-        log(f"  FAILED {rec['error'][:400]}")
-        if args.verbose:
-            traceback.print_exc()
-    free(dev)
-    results.append(rec)
-    return rec
+
+    return guarded(args, dev, results, dict(section="two_device"), body)
 
 
 def check_grouped(args, dev, results):
     """(d) The same weights in conv="split" and "grouped" form: logits (eval) and every
     parameter's gradient (training with dropout off), fp32 without TF32."""
-    rec = dict(section="grouped_check")
     log("\n(d) AlexNet(conv='grouped') against conv='split', the same weights, fp32, TF32 off")
-    try:
+
+    def body(rec):
         model = make_model(args, dev, seed=0)
         for column in model.columns:
             column.dropout.p = 0                            # the same (no) masks in both forms
@@ -583,14 +592,8 @@ def check_grouped(args, dev, results):
         log(f"  logits rel diff {rel_logits:.2e}; largest gradient rel diff {rel_grads[worst]:.2e} "
             f"({worst}): {'MATCH' if ok else 'MISMATCH'}")
         del model, out, ga, gb
-    except Exception as e:
-        rec["error"] = f"{type(e).__name__}: {e}"
-        log(f"  FAILED {rec['error'][:400]}")
-        if args.verbose:
-            traceback.print_exc()
-    free(dev)
-    results.append(rec)
-    return rec
+
+    return guarded(args, dev, results, dict(section="grouped_check"), body)
 
 
 # ----------------------------------------------------------------------------- main
