@@ -407,7 +407,8 @@ def bench_model(args, dev, results):
     if do_compile and args.extra:
         variants.append(("no LRN + torch.compile", impl_identity, True, ""))
     only = set(args.variants or [])
-    out = {}
+    # the conv forms first: with a time limit (scripts/device-check.sh), the issue's rows come first
+    out = bench_conv_forms(args, dev, do_compile, only, results)
     for name, impl, comp, note in variants:
         if only and not any(o in name for o in only):
             continue
@@ -418,8 +419,6 @@ def bench_model(args, dev, results):
             rec = bench_model_variant(args, dev, "triton (graph break) + torch.compile", disabled,
                                       True, results, "lrn_triton under torch.compiler.disable")
         out[rec["variant"]] = rec
-
-    out.update(bench_conv_forms(args, dev, do_compile, only, results))
     return out
 
 
@@ -598,6 +597,29 @@ def check_grouped(args, dev, results):
 
 # ----------------------------------------------------------------------------- main
 
+class Results(list):
+    """The records so far; with --json each one appended rewrites the file (complete: false), so
+    a run stopped by a time limit still leaves every row it measured."""
+
+    def __init__(self, args, env, t_start):
+        super().__init__()
+        self.args, self.env, self.t_start = args, env, t_start
+
+    def append(self, rec):
+        super().append(rec)
+        if self.args.json:
+            self.write(ratios={}, complete=False)
+
+    def write(self, ratios, complete):
+        a = self.args
+        rec = dict(environment=self.env, args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+                   results=list(self), ratios=ratios, wall_s=time.perf_counter() - self.t_start, complete=complete)
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = a.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1, default=str))
+        os.replace(tmp, a.json)
+
+
 def conv_forms(text):
     """--conv: a comma list of split/grouped, or none."""
     forms = [f.strip() for f in text.split(",") if f.strip() and f.strip() != "none"]
@@ -658,7 +680,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     env = environment(dev)
     log("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()))
-    results = []
+    results = Results(args, env, t_start)
     model_recs = {}
     if "lrn" not in args.skip:
         bench_lrn(args, dev, dtype, results)
@@ -688,10 +710,7 @@ def main(argv=None):
     wall = time.perf_counter() - t_start
     log(f"wall time {wall:.1f} s")
     if args.json:
-        rec = dict(environment=env, args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                   results=results, ratios=r, wall_s=wall)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rec, indent=1, default=str))
+        results.write(ratios=r, complete=True)
         log(f"wrote {args.json}")
     return 0
 
