@@ -144,6 +144,18 @@ def test_mean_after_crop_gives_the_same_images(shards, device, case):
 
 
 @needs_dali
+@pytest.mark.gpu
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_gpu_hardware_decoder_share_matches_reference(shards, share):
+    """hw_decoder_load moves JPEGs between nvJPEG's hardware and CUDA decoders (a candidate of
+    docs/PERFORMANCE.md): the images stay within the GPU decoder's tolerance of the reference."""
+    x, y = epoch(dali(shards, "val", "cuda", hw_decoder_load=share))
+    rx, ry = epoch(ref(shards, "val"))
+    assert torch.equal(y, ry)
+    assert_close(x, rx, "cuda")
+
+
+@needs_dali
 @pytest.mark.parametrize("device", DEVICES)
 def test_channel_mean_matches_reference(shards, device):
     x, y = epoch(dali(shards, "val", device, mean="channel", lighting=0.1))
