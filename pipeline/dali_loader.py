@@ -285,9 +285,7 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
     """
     options = resolve_options(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
                               shuffle, drop_last)
-    device = _check(dtype, memory_format, shuffle_buffer, device)
-    if not 0.0 <= hw_decoder_load <= 1.0:
-        raise ValueError(f"hw_decoder_load={hw_decoder_load!r}: expected a share between 0 and 1")
+    device = _check(dtype, memory_format, shuffle_buffer, hw_decoder_load, device)
     manifest = open_split(options)
     norm = load_normalisation(OUT, manifest, mean)
     from pipeline.graph import require_dali
@@ -299,12 +297,14 @@ def build_loader(OUT, split, batch_size, device="cpu", rank=0, world_size=1, see
                       hw_decoder_load=float(hw_decoder_load))
 
 
-def _check(dtype, memory_format, shuffle_buffer, device) -> torch.device:
+def _check(dtype, memory_format, shuffle_buffer, hw_decoder_load, device) -> torch.device:
     """The device, once the DALI loader's own options are checked (ValueError naming the option)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected torch.float32, torch.float16 or torch.bfloat16")
     if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer={shuffle_buffer!r}: expected a positive integer")
+    if not 0.0 <= hw_decoder_load <= 1.0:
+        raise ValueError(f"hw_decoder_load={hw_decoder_load!r}: expected a share between 0 and 1")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"memory_format={memory_format!r}: expected torch.contiguous_format or torch.channels_last")
     device = torch.device(device)

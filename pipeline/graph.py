@@ -97,12 +97,8 @@ def build_pipeline(spec: PipelineSpec, source: Callable):
             pipe.set_outputs(images, labels(cls))
             return pipe
         args = per_sample_args(spec, source)
-        if spec.mean == "image" and spec.mean_after_crop:
-            out = views_mean_after_crop(spec, images, args)
-        else:
-            images, mean, std = normalisation(spec, images, args)
-            out = views(spec, images, args, mean, std)
-        pipe.set_outputs(out, labels(cls))
+        images, mean, std = normalisation(spec, images, args)
+        pipe.set_outputs(views(spec, images, args, mean, std), labels(cls))
     return pipe
 
 
@@ -142,10 +138,12 @@ def per_sample_args(spec: PipelineSpec, source: Callable) -> list:
 
 def normalisation(spec: PipelineSpec, images, args: list):
     """(images, mean, std) for crop_mirror_normalize: images − 255·M with (0, 1) for mean="image"
-    (Section 2's mean image), the images with the channel (μ, σ) for mean="channel"; with
-    lighting the mean is the per-sample one from the host."""
+    (Section 2's mean image; with `mean_after_crop` the uint8 images, `views` subtracting the
+    crop of M), the images with the channel (μ, σ) for mean="channel"; with lighting the mean is
+    the per-sample one from the host."""
     if spec.mean == "image":
-        images, mean, std = subtract_mean_image(spec, images), 0.0, 1.0
+        images = images if spec.mean_after_crop else images - mean_image_constant(spec)  # uint8 − float32
+        mean, std = 0.0, 1.0
     elif spec.mean == "none":  # crop, mirror and the float conversion only (pipeline.stages)
         mean, std = 0.0, 1.0
     else:
@@ -158,68 +156,47 @@ def normalisation(spec: PipelineSpec, images, args: list):
     return images, mean, std
 
 
-def subtract_mean_image(spec: PipelineSpec, images):
-    """The 256×256 decoded images minus the mean image, before any crop, as float32."""
+def mean_image_constant(spec: PipelineSpec):
+    """The mean image 255·M (256×256×3 float32, HWC) as a DALI constant on the graph's device."""
     from nvidia.dali import types
 
-    # Before cropping, so crop and mirror (which commute with the subtraction) crop and mirror
-    # the mean image with the sample, for the random crop and all ten views alike. fn.constant
-    # builds the 768 KiB tensor once (it stays in the GPU's L2). Cost: one float32 pass, ≈ 2 MB
-    # of traffic per image (≈ 80 GB/s at 40k img/s, under 2% of an H100's bandwidth), and
-    # crop_mirror_normalize's generic float kernel instead of its uint8 HWC one. Subtracting a
-    # cropped mean after the crop takes three passes (a second crop_mirror_normalize plus an
-    # arithmetic op); a torch-side gather adds two kernels a batch outside DALI's prefetching.
-    mean_image = types.Constant(np.ascontiguousarray(spec.mean_image, np.float32), device="gpu" if spec.gpu else "cpu")
-    return images - mean_image  # uint8 − float32 → float32
+    # Subtracted before cropping (the default), so crop and mirror (which commute with the
+    # subtraction) crop and mirror the mean image with the sample, for the random crop and all
+    # ten views alike. fn.constant builds the 768 KiB tensor once (it stays in the GPU's L2).
+    # Cost: one float32 pass, ≈ 2 MB of traffic per image (≈ 80 GB/s at 40k img/s, under 2% of an
+    # H100's bandwidth), and crop_mirror_normalize's generic float kernel instead of its uint8
+    # HWC one. `mean_after_crop` trades that for three 224×224 ops (`views`): the candidate of
+    # docs/PERFORMANCE.md, "The input graph's candidates".
+    return types.Constant(np.ascontiguousarray(spec.mean_image, np.float32), device="gpu" if spec.gpu else "cpu",
+                          layout="HWC")
 
 
 def views(spec: PipelineSpec, images, args: list, mean, std):
-    """N×C×224×224 crops (N×10×… for ten-crop, Section 4.1), mirrored and normalised in one op each."""
+    """N×C×224×224 crops (N×10×… for ten-crop, Section 4.1), mirrored and normalised in one op
+    each; with `mean_after_crop`, minus the same crop and mirror of the mean image (float32, then
+    one cast to float16 when asked)."""
     from nvidia.dali import fn, types
 
-    def view(x0, y0, mirror):
+    after = spec.mean == "image" and spec.mean_after_crop
+    mean_image = mean_image_constant(spec) if after else None
+    out_type = types.FLOAT16 if spec.half else types.FLOAT
+
+    def cut(source, x0, y0, mirror, mean=0.0, std=1.0, dtype=types.FLOAT):
         return fn.crop_mirror_normalize(
-            images, crop=(CROP, CROP),
+            source, crop=(CROP, CROP),
             crop_pos_x=x0, crop_pos_y=y0,  # relative: corner = pos × STRIDE, so x0/32 is exact
-            mirror=mirror, mean=mean, std=std, dtype=types.FLOAT16 if spec.half else types.FLOAT,
-            output_layout=spec.layout,
+            mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=spec.layout,
         )
+
+    def view(x0, y0, mirror):
+        if not after:
+            return cut(images, x0, y0, mirror, mean, std, out_type)
+        x = cut(images, x0, y0, mirror, mean) - cut(mean_image, x0, y0, mirror)
+        return fn.cast(x, dtype=out_type) if spec.half else x
 
     if spec.ten_crop:
         return fn.stack(*[view(x / STRIDE, y / STRIDE, m) for x, y, m in TEN_CROP_VIEWS], axis=0)
     return view(args[0], args[1], args[2])
-
-
-def views_mean_after_crop(spec: PipelineSpec, images, args: list):
-    """The views of mean="image" with the mean image subtracted after the crop: each view is
-    crop_mirror_normalize of the uint8 image (its uint8 kernel; the lighting offset folded into
-    its per-sample mean) minus the same crop and mirror of the mean image, so the exact maths of
-    `subtract_mean_image` + `views` with the float pass over the whole 256×256 image replaced by
-    two 224×224 ones. Ten-crop views subtract the ten fixed crops of the mean image, cut once here."""
-    from nvidia.dali import fn, types
-
-    device = "gpu" if spec.gpu else "cpu"
-    mean = args[-1] if spec.per_sample_mean else 0.0  # −255·offset per image (pipeline.dali_loader)
-    M = np.ascontiguousarray(spec.mean_image, np.float32)
-
-    def cut(source, x0, y0, mirror, shift=0.0):  # float32: the subtraction rounds once, as the other order does
-        return fn.crop_mirror_normalize(source, crop=(CROP, CROP), crop_pos_x=x0, crop_pos_y=y0, mirror=mirror,
-                                        mean=shift, std=1.0, dtype=types.FLOAT, output_layout=spec.layout)
-
-    def finish(x):
-        return fn.cast(x, dtype=types.FLOAT16) if spec.half else x
-
-    if spec.ten_crop:
-        out = []
-        for x0, y0, m in TEN_CROP_VIEWS:
-            crop = M[y0:y0 + CROP, x0:x0 + CROP][:, ::-1 if m else 1]
-            crop = crop if spec.layout == "HWC" else crop.transpose(2, 0, 1)
-            const = types.Constant(np.ascontiguousarray(crop), device=device, layout=spec.layout)
-            out.append(finish(cut(images, x0 / STRIDE, y0 / STRIDE, m, mean) - const))
-        return fn.stack(*out, axis=0)
-    mean_image = types.Constant(M, device=device, layout="HWC")
-    x0, y0, mirror = args[0], args[1], args[2]
-    return finish(cut(images, x0, y0, mirror, mean) - cut(mean_image, x0, y0, mirror))
 
 
 def labels(cls):

@@ -90,7 +90,13 @@ def measure(loader, warmup, batches, device):
     return batches * loader.options.batch_size / (time.perf_counter() - timed), first
 
 
-DTYPES = ("float32", "float16", "bfloat16")
+def _loader_dtypes():
+    from pipeline.dali_loader import DTYPES  # the loader's own list (torch dtypes)
+
+    return tuple(str(d).removeprefix("torch.") for d in DTYPES)
+
+
+DTYPES = _loader_dtypes()  # float32, float16, bfloat16
 
 
 def parse_variant(text):

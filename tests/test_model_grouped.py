@@ -30,9 +30,9 @@ def run(model, x, conv):
     return model(x, return_features=True)
 
 
-def assert_close(a, b, scale=None):
+def assert_close(a, b, scale=None, what=""):
     scale = a.abs().max() if scale is None else scale
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(scale)), (a - b).abs().max()
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(scale)), (what, (a - b).abs().max())
 
 
 @pytest.mark.parametrize("lrn_on", [True, False])
@@ -112,7 +112,7 @@ def test_training_gradients_and_sgd_step_match_split():
     assert split.keys() == grouped.keys() == dict(model.named_parameters()).keys()
     for name in split:
         assert grouped[name].abs().max() > 0, name
-        assert_close(split[name], grouped[name]), name
+        assert_close(split[name], grouped[name], what=name)
 
     nets = {"split": model, "grouped": copy.deepcopy(model)}
     for conv, net in nets.items():

@@ -63,8 +63,13 @@ def _time_steps(step, batches, warmup, device, raw=False):
             clock.mark()
         i += 1
     times = clock.intervals()
-    out = {**_summary(times, sizes), "data_wait": min(1.0, sum(waits) / sum(times))}
+    out = {**_summary(times, sizes), "data_wait": _wait_share(waits, times, range(len(times)))}
     return (out, (waits, times, sizes)) if raw else out
+
+
+def _wait_share(waits, times, batches) -> float:
+    """The fraction of those batches' step time the host spent waiting for data."""
+    return min(1.0, sum(waits[i] for i in batches) / sum(times[i] for i in batches))
 
 
 def _time_epochs(step, loader, epochs, warmup, device):
@@ -94,12 +99,12 @@ def _time_epochs(step, loader, epochs, warmup, device):
         mine = [i for i, k in enumerate(epoch_of) if k == e]
         if not mine:
             continue
-        w, t = sum(waits[i] for i in mine), sum(times[i] for i in mine)
-        rows.append({"epoch": e + 1, "batches": len(mine), "img_s": sum(sizes[i] for i in mine) / t,
-                     "data_wait": min(1.0, w / t), "first_batch_wait_s": first[e]})
+        rows.append({"epoch": e + 1, "batches": len(mine),
+                     "img_s": sum(sizes[i] for i in mine) / sum(times[i] for i in mine),
+                     "data_wait": _wait_share(waits, times, mine), "first_batch_wait_s": first[e]})
     later = [i for i, k in enumerate(epoch_of) if k >= 1]
     if later:
-        out["data_wait_later"] = min(1.0, sum(waits[i] for i in later) / sum(times[i] for i in later))
+        out["data_wait_later"] = _wait_share(waits, times, later)
     out["epochs"] = rows
     return out
 
