@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import inspect
 import json
 import math
 import os
@@ -48,6 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train.evaluate import autocast_for  # noqa: E402
+from train.step import train_step  # noqa: E402
 
 SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0          # the paper's constants (Section 3.3)
 
@@ -289,19 +290,15 @@ def make_model(args, dev, devices=None, seed=0, conv="split"):
     torch.manual_seed(seed)
     if devices is None:
         devices = None if dev.type == "cpu" else (str(dev),)
-    form = {} if conv == "split" else dict(conv=conv)       # (a tree without the switch: split)
-    model = AlexNet(num_classes=1000, devices=devices, width=args.width, init="paper", **form)
+    model = AlexNet(num_classes=1000, devices=devices, width=args.width, init="paper", conv=conv)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def make_optimizer(model):
-    try:
-        from train.optim import PaperSGD, param_groups
-        return PaperSGD(param_groups(model), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    except Exception:                                        # an older tree: plain SGD
-        return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    from train.optim import PaperSGD, param_groups
+    return PaperSGD(param_groups(model), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
 def synthetic_batch(args, dev, batch):
@@ -311,12 +308,6 @@ def synthetic_batch(args, dev, batch):
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), generator=gen).to(dev)
     return x, y
-
-
-def autocast(dev, enabled):
-    if dev.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def bench_model_variant(args, dev, name, impl, compile_model, results, extra_note="",
@@ -343,16 +334,8 @@ def bench_model_variant(args, dev, name, impl, compile_model, results, extra_not
         model.train()
         losses = []
 
-        def step():
-            if cuda_graphs:          # a new iteration: the graphs may reuse the last one's memory
-                torch.compiler.cudagraph_mark_step_begin()
-            with autocast(dev, args.amp):
-                out = net(x)
-                loss = F.cross_entropy(out.float(), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
+        def step():  # the trainer's own step (it marks each step for CUDA graphs)
+            return train_step(net, opt, x, y, dev, args.amp, cuda_graphs)
 
         t0 = time.perf_counter()
         losses.append(step().item())                        # the first step (compiles if asked)
@@ -438,13 +421,7 @@ def conv_variants(args, dev, do_compile, forms):
 
 def bench_conv_forms(args, dev, do_compile, only, results):
     """The full net with its own LRN (Triton on CUDA) as AlexNet(conv="split") and "grouped"."""
-    from train.model import AlexNet
     forms = args.conv
-    if "grouped" in forms and "conv" not in inspect.signature(AlexNet.__init__).parameters:
-        msg = "conv=grouped rows skipped: AlexNet has no conv switch in this tree"
-        log("  " + msg)
-        results.append(dict(section="model", skipped=msg))
-        forms = [f for f in forms if f != "grouped"]
     if not forms:
         return {}
     log(f"  the model's own LRN modules, AlexNet(conv=...) in {' and '.join(forms)} form:")
@@ -542,7 +519,7 @@ def check_two_device(args, dev, results):
                 m.train()
                 opt = make_optimizer(m)
                 torch.manual_seed(123)                      # the same dropout masks
-                with autocast(dev, args.amp):
+                with autocast_for(dev, args.amp):
                     loss = F.cross_entropy(m(x).float(), y)
                 loss.backward()
                 opt.step()
