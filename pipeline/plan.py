@@ -24,6 +24,7 @@ import numpy as np
 from shards import TRAIN, Manifest
 
 MEANS = ("image", "channel")
+DTYPE_NAMES = ("float32", "float16", "bfloat16")  # torch dtypes a loader can hand over
 PAPER_LIGHTING = 0.1  # σ of the PCA weights α (Section 4.1)
 
 
@@ -66,22 +67,44 @@ def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int
     return rng.permutation(n_shards).tolist()
 
 
-@dataclass
-class LoaderOptions:
-    """The resolved options of one loader (defaults filled in, values checked)."""
+HANDOFFS = ("float", "uint8")
 
-    out: str
-    split: str
-    batch_size: int
-    rank: int = 0
-    world_size: int = 1
-    seed: int = 0
-    augment: bool = False
-    lighting: float = 0.0  # σ of α; 0 turns lighting off
-    mean: str = "image"
-    ten_crop: bool = False
-    shuffle: bool = False
-    drop_last: bool = False
+
+@dataclass
+class LoaderSpec:
+    """Every option of a loader, one name each from `build_loader` down to the DALI graph
+    (docs/DESIGN.md, "Loader"); built, with its defaults filled in and checked, by `loader_spec`.
+
+    The first twelve fields mean the same to both loaders (the reference loader ignores the
+    rest); the DALI loader's own follow.
+    """
+
+    out: str  # shard directory or s3://bucket/prefix
+    split: str  # "train" or "val"
+    batch_size: int  # images per batch on this rank
+    rank: int = 0  # this process's slice of the split ...
+    world_size: int = 1  # ... of this many
+    seed: int = 0  # with rank and epoch, fixes the shuffle and every draw
+    augment: bool = False  # random 224 crop + mirror (Section 4.1); else the centre crop
+    lighting: float = 0.0  # σ of the PCA lighting α (Section 4.1); 0 turns lighting off
+    mean: str = "image"  # "image": x − 255·mean image (Section 2); "channel": (x/255 − μ)/σ
+    ten_crop: bool = False  # N×10×3×224×224, torchvision TenCrop order (Section 4.1)
+    shuffle: bool = False  # shard order drawn per epoch + DALI's buffer shuffle
+    drop_last: bool = False  # whole batches only, the same count on every rank
+    device: str = "cpu"  # "cuda[:N]": mixed decoding and pixel work on that GPU; "cpu": a CPU-only pipeline
+    dtype: object = None  # torch.float32, float16 or bfloat16 (default float32)
+    memory_format: object = None  # torch.contiguous_format (NCHW, the default) or torch.channels_last
+    num_threads: int = 1  # DALI CPU threads
+    prefetch: int = 2  # batches DALI prepares ahead
+    prepare_next: bool = False  # build the next epoch's pipeline in the background
+    shuffle_buffer: int = 4096  # samples in DALI's shuffle buffer (training)
+    handoff: str = "float"  # what DALI hands to torch: "float" (normalised) or "uint8" (crops; torch normalises)
+    cpu_decode: float = 0.0  # share of each batch decoded by libjpeg-turbo on the CPU cores (GPU loaders)
+    hw_decoder_load: float = 0.65  # share of the GPU-decoded JPEGs for nvJPEG's hardware decoder
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.startswith("cuda")
 
     def plan(self, samples: int, epoch: int) -> EpochPlan:
         """This rank's plan of `epoch` over a split of `samples` samples."""
@@ -92,9 +115,14 @@ class LoaderOptions:
         return [shards[i] for i in shard_order(len(shards), self.seed, epoch, self.shuffle)]
 
 
-def resolve_options(out, split, batch_size, rank=0, world_size=1, seed=0, augment=None, lighting=None,
-                    mean="image", ten_crop=False, shuffle=None, drop_last=None) -> LoaderOptions:
-    """Fill in the split-dependent defaults and check every value (ValueError naming the option)."""
+def loader_spec(out, split, batch_size, rank=0, world_size=1, seed=0, augment=None, lighting=None, mean="image",
+                ten_crop=False, shuffle=None, drop_last=None, device="cpu", dtype=None, memory_format=None,
+                num_threads=None, prefetch=2, prepare_next=None, shuffle_buffer=4096, handoff="float",
+                cpu_decode=0.0, hw_decoder_load=0.65) -> LoaderSpec:
+    """The one place a loader's options are resolved: the split-dependent defaults filled in and
+    every value checked (ValueError naming the option). See `LoaderSpec` for each option."""
+    import torch
+
     train = split == TRAIN
     _check(batch_size, rank, world_size, seed, mean)
     if augment is None:
@@ -103,14 +131,57 @@ def resolve_options(out, split, batch_size, rank=0, world_size=1, seed=0, augmen
         raise ValueError("augment=True and ten_crop=True: ten-crop takes the ten fixed views, not a random crop")
     if lighting is None:
         lighting = PAPER_LIGHTING if train else 0.0
-    if not lighting >= 0:
-        raise ValueError(f"lighting={lighting!r}: expected σ >= 0")
-    return LoaderOptions(
+    if not 0 <= lighting < float("inf"):
+        raise ValueError(f"lighting={lighting!r}: expected a finite σ >= 0")
+    dtype = torch.float32 if dtype is None else dtype
+    if dtype not in tuple(getattr(torch, name) for name in DTYPE_NAMES):
+        raise ValueError(f"dtype={dtype!r}: expected torch.float32, torch.float16 or torch.bfloat16")
+    memory_format = torch.contiguous_format if memory_format is None else memory_format
+    if memory_format not in (torch.contiguous_format, torch.channels_last):
+        raise ValueError(f"memory_format={memory_format!r}: expected torch.contiguous_format or torch.channels_last")
+    if handoff not in HANDOFFS:
+        raise ValueError(f"handoff={handoff!r}: expected one of {', '.join(map(repr, HANDOFFS))}")
+    for name, share in (("cpu_decode", cpu_decode), ("hw_decoder_load", hw_decoder_load)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name}={share!r}: expected a share between 0 and 1")
+    for name, count in (("shuffle_buffer", shuffle_buffer), ("prefetch", prefetch)):
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"{name}={count!r}: expected a positive integer")
+    device = _device(device)
+    shuffle = train if shuffle is None else bool(shuffle)
+    return LoaderSpec(
         out=str(out), split=split, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
-        augment=bool(augment), lighting=float(lighting), mean=mean, ten_crop=bool(ten_crop),
-        shuffle=train if shuffle is None else bool(shuffle),
-        drop_last=train if drop_last is None else bool(drop_last),
+        augment=bool(augment), lighting=float(lighting), mean=mean, ten_crop=bool(ten_crop), shuffle=shuffle,
+        drop_last=train if drop_last is None else bool(drop_last), device=device, dtype=dtype,
+        memory_format=memory_format, num_threads=num_threads or default_threads(), prefetch=prefetch,
+        # the next epoch's pipeline built during this one: training loaders on a GPU, where a
+        # fresh pipeline took ~2 s to its first batch on an H200; off on the CPU, where the build
+        # competes with the running epoch for the same cores (measured on 2 cores: no gain)
+        prepare_next=(device.startswith("cuda") and shuffle) if prepare_next is None else bool(prepare_next),
+        shuffle_buffer=shuffle_buffer, handoff=handoff, cpu_decode=float(cpu_decode),
+        hw_decoder_load=float(hw_decoder_load),
     )
+
+
+def _device(device) -> str:
+    """The device as a string, checked ("cuda" needs CUDA)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"device={str(device)!r}: expected 'cuda' or 'cpu'")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r}: CUDA is not available (use device='cpu')")
+    return str(device)
+
+
+def default_threads(processes: int = 1) -> int:
+    """DALI worker threads for this process: its CPU affinity set, shared among the `processes`
+    of its machine (the trainer passes torchrun's local world size, train.launch)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
 
 
 def _check(batch_size, rank, world_size, seed, mean) -> None:
@@ -125,16 +196,16 @@ def _check(batch_size, rank, world_size, seed, mean) -> None:
         raise ValueError(f"seed={seed!r}: expected a non-negative integer")
 
 
-def open_split(options: LoaderOptions) -> Manifest:
+def open_split(spec: LoaderSpec) -> Manifest:
     """The manifest, checked to hold the split, its files and at least one batch per rank (else
     one-line errors: ValueError for a request that does not fit, shards.Damage for files)."""
-    manifest = Manifest.load(options.out)
-    split = manifest.split(options.split)
+    manifest = Manifest.load(spec.out)
+    split = manifest.split(spec.split)
     n = split.samples
-    if options.plan(n, 0).batches == 0:
-        raise ValueError(f"split {options.split!r} has {n} samples: too few for one batch of {options.batch_size} "
-                         f"on each of {options.world_size} rank(s)")
-    check_split_files(options.out, split)
+    if spec.plan(n, 0).batches == 0:
+        raise ValueError(f"split {spec.split!r} has {n} samples: too few for one batch of {spec.batch_size} "
+                         f"on each of {spec.world_size} rank(s)")
+    check_split_files(spec.out, split)
     return manifest
 
 
@@ -156,16 +227,16 @@ def check_split_files(directory, split) -> None:
 class EpochLoader:
     """What both loaders share: one epoch per iteration, its plan and its length.
 
-    A subclass has `options`, `samples` (of the split) and `epoch` (the next iteration's).
+    A subclass has `spec`, `samples` (of the split) and `epoch` (the next iteration's).
     """
 
-    options: LoaderOptions
+    spec: LoaderSpec
     samples: int
     epoch: int
 
     def plan(self, epoch=None) -> EpochPlan:
         """This rank's plan of `epoch` (default: the next iteration's)."""
-        return self.options.plan(self.samples, self.epoch if epoch is None else epoch)
+        return self.spec.plan(self.samples, self.epoch if epoch is None else epoch)
 
     def __len__(self) -> int:
         return self.plan().batches

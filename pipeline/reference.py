@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.draws import CROP, TEN_CROP_VIEWS, Draws, epoch_draws
 from pipeline.normalise import Normalisation, load_normalisation
-from pipeline.plan import EpochLoader, LoaderOptions, open_split, resolve_options
+from pipeline.plan import EpochLoader, LoaderSpec, loader_spec, open_split
 from shards.store import is_s3_url, store_of
 
 
@@ -75,7 +75,7 @@ class _Epoch(IterableDataset):
 
     tars: list  # in the epoch's shard order
     counts: list  # samples per tar, in the same order
-    options: LoaderOptions
+    spec: LoaderSpec
     norm: Normalisation
     epoch: int
     draws: Draws
@@ -100,7 +100,7 @@ class _Epoch(IterableDataset):
         return itertools.islice(ds, skip, skip + (b - a))
 
     def _shuffled(self, samples, worker):
-        rng = np.random.default_rng([self.options.seed, self.options.rank, self.epoch, 2, worker])
+        rng = np.random.default_rng([self.spec.seed, self.spec.rank, self.epoch, 2, worker])
         buf = []
         for s in samples:
             buf.append(s)
@@ -111,9 +111,9 @@ class _Epoch(IterableDataset):
 
     def _stream(self, plan, b0: int, b1: int, worker: int):
         """The samples at stream positions [b0·B, b1·B) (batches [b0, b1) of the rank's epoch)."""
-        B = self.options.batch_size
+        B = self.spec.batch_size
         p0, p1 = b0 * B, min(b1 * B, plan.samples)
-        if not self.options.shuffle:
+        if not self.spec.shuffle:
             return self._read(plan.start + p0, plan.start + p1)
         # this worker's share of the slice, shuffled, cut to its positions
         length = plan.stop - plan.start
@@ -121,7 +121,7 @@ class _Epoch(IterableDataset):
         return itertools.islice(self._shuffled(self._read(a, b), worker), p1 - p0)
 
     def __iter__(self):
-        o, B = self.options, self.options.batch_size
+        o, B = self.spec, self.spec.batch_size
         plan = o.plan(sum(self.counts), self.epoch)
         info = get_worker_info()
         w, k = (info.id, info.num_workers) if info else (0, 1)
@@ -149,7 +149,7 @@ class _Epoch(IterableDataset):
 class ReferenceLoader(EpochLoader):
     """Iterable of (images, labels) CPU tensors, one epoch per iteration, like DaliLoader."""
 
-    options: LoaderOptions
+    spec: LoaderSpec
     tars: list = field(repr=False)  # in shard order
     counts: list = field(repr=False)  # samples per tar
     norm: Normalisation = field(repr=False)
@@ -168,14 +168,14 @@ class ReferenceLoader(EpochLoader):
             return self.draws
         if callable(self.draws):
             return self.draws(epoch)
-        o = self.options
+        o = self.spec
         return epoch_draws(o.seed, o.rank, epoch, max(1, self.plan(epoch).samples), o.augment, o.lighting)
 
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        shards = self.options.in_epoch_order(list(zip(self.tars, self.counts)), epoch)
-        dataset = _Epoch([t for t, _ in shards], [c for _, c in shards], self.options, self.norm, epoch,
+        shards = self.spec.in_epoch_order(list(zip(self.tars, self.counts)), epoch)
+        dataset = _Epoch([t for t, _ in shards], [c for _, c in shards], self.spec, self.norm, epoch,
                          self.epoch_draws(epoch), self.shuffle_buffer)
         yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
 
@@ -188,10 +188,10 @@ def build_reference_loader(OUT, split, batch_size, rank=0, world_size=1, seed=0,
     `draws`: explicit per-position draws (a `Draws`, or a function epoch → `Draws`) instead of
     `epoch_draws(seed, rank, epoch, …)`.
     """
-    options = resolve_options(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
-                              shuffle, drop_last)
-    manifest = open_split(options)
+    spec = loader_spec(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
+                       shuffle, drop_last)
+    manifest = open_split(spec)
     norm = load_normalisation(OUT, manifest, mean)
     tars = [t for t, _ in manifest.shard_paths(OUT, split)]
-    return ReferenceLoader(options, tars, [s.samples for s in manifest.split(split).shards], norm, num_workers,
+    return ReferenceLoader(spec, tars, [s.samples for s in manifest.split(split).shards], norm, num_workers,
                            draws, shuffle_buffer)

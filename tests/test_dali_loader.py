@@ -113,34 +113,78 @@ def test_train_augment_lighting_matches_reference(shards, device):
 
 @needs_dali
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", ["train", "ten_crop", "half", "channels_last"])
-def test_mean_after_crop_gives_the_same_images(shards, device, case):
-    """The candidate graph (the mean image's crop subtracted after the crop) against the
-    reference loader, and against the default graph to float rounding, in every form."""
-    split, kw = ("val", dict(ten_crop=True, batch_size=16, lighting=0.1)) if case == "ten_crop" else (
-        "train", dict(shuffle=False, seed=5, lighting=0.1))
+@pytest.mark.parametrize("case", ["train", "val", "ten_crop", "channel", "half", "bfloat16_channels_last"])
+def test_uint8_handoff_gives_the_same_images(shards, device, case):
+    """The uint8 hand-off (DALI's crops, normalised by pipeline.handoff on the device) against
+    the float hand-off to float rounding and against the reference loader, in every form: the
+    random crop with mirror and lighting (ROI-decoded on the CPU), the centre crop, ten-crop,
+    the channel normalisation, float16, bfloat16 in channels-last."""
+    split, kw = "train", dict(shuffle=False, seed=5, lighting=0.1)
+    if case == "val":
+        split, kw = "val", {}
+    if case == "ten_crop":
+        split, kw = "val", dict(ten_crop=True, batch_size=16, lighting=0.1)
+    if case == "channel":
+        kw["mean"] = "channel"
     if case == "half":
         kw["dtype"] = torch.float16
-    if case == "channels_last":
-        kw["memory_format"] = torch.channels_last
+    if case == "bfloat16_channels_last":
+        kw.update(dtype=torch.bfloat16, memory_format=torch.channels_last)
 
-    def images(**extra):
-        loader = dali(shards, split, device, **kw, **extra)
+    def images(handoff):
+        loader = dali(shards, split, device, handoff=handoff, **kw)
         loader.set_epoch(2)
-        return epoch(loader)
+        xs, ys = zip(*loader)
+        assert (loader._handoff is not None) == (handoff == "uint8")  # the switch took
+        assert all(x.dtype == kw.get("dtype", torch.float32) for x in xs)
+        if "memory_format" in kw:
+            assert all(x.is_contiguous(memory_format=torch.channels_last) for x in xs)
+        else:
+            assert all(x.is_contiguous() for x in xs)
+        return torch.cat([x.float().cpu() for x in xs]), torch.cat([y.cpu() for y in ys])
 
-    x, y = images(mean_after_crop=True)
-    x0, y0 = images()
-    assert dali(shards, split, device, **kw, mean_after_crop=True)._spec(2).mean_after_crop
-    assert not torch.equal(x, x0)  # the other graph ran: float32 rounds the other order differently
-    r = ref(shards, split, **{k: v for k, v in kw.items() if k in ("ten_crop", "batch_size", "lighting", "shuffle", "seed")})
+    x, y = images("uint8")
+    xf, yf = images("float")
+    assert torch.equal(y, yf)
+    atol = {torch.float16: 0.13, torch.bfloat16: 1.0}.get(kw.get("dtype"), 1e-3)  # one step of the dtype at 128–256
+    torch.testing.assert_close(x, xf, atol=atol * (1 / 50 if case == "channel" else 1), rtol=0)
+    r = ref(shards, split, **{k: v for k, v in kw.items() if k in ("ten_crop", "batch_size", "lighting", "shuffle",
+                                                                  "seed", "mean")})
     r.set_epoch(2)
     rx, ry = epoch(r)
-    assert torch.equal(y, y0) and torch.equal(y, ry)
-    assert_close(x, rx, device)
-    atol = 0.13 if case == "half" else 1e-3  # float16 steps are 0.125 at 128–256
-    torch.testing.assert_close(x, x0, atol=atol, rtol=0)
-    assert 10 < x.std() < 128
+    assert torch.equal(y, ry)
+    assert_close(x, rx, device, scale=1 / 50 if case == "channel" else 1.0)
+    assert (0.5 < x.std() < 2) if case == "channel" else (10 < x.std() < 128)
+
+
+def test_cpu_normalisation_is_the_fused_formula():
+    """The CPU's normalisation (slices of the mean image and of its mirror) against the fused
+    formula the GPU compiles (a gather), on random crops, corners, flips and shifts."""
+    from pipeline.handoff import normalise, normalise_cpu
+
+    g = torch.Generator().manual_seed(0)
+    for views, mean in ((1, True), (10, True), (1, False)):
+        n = 5
+        images = torch.randint(0, 256, (n, views, 224, 224, 3), dtype=torch.uint8, generator=g)
+        m = torch.rand(256, 256, 3, generator=g) * 255 if mean else None
+        x0, y0 = (torch.randint(0, 33, (n, views), generator=g) for _ in range(2))
+        mirror = torch.randint(0, 2, (n, views), generator=g)
+        shift, scale = torch.randn(n, 3, generator=g) * 20, torch.rand(3, generator=g) + 0.5
+        for dtype in (torch.float32, torch.bfloat16):
+            for channels_last in (False, True):
+                a = normalise(images, m, x0, y0, mirror, shift, scale, dtype, channels_last)
+                b = normalise_cpu(images, m, x0, y0, mirror, shift, scale, dtype, channels_last)
+                assert a.shape == b.shape == (n, views, 3, 224, 224) and a.stride() == b.stride() and b.dtype == dtype
+                torch.testing.assert_close(a, b, atol=0, rtol=0)
+        # and both against a direct loop over the formula of pipeline/handoff.py
+        i, j = n - 1, views - 1
+        want = images[i, j].double()
+        if mean:
+            cols = [(x0[i, j] + (223 - w if mirror[i, j] else w)).item() for w in range(224)]
+            want = want - m.double()[y0[i, j]:y0[i, j] + 224][:, cols]
+        want = ((want - shift[i].double()) * scale.double()).permute(2, 0, 1)
+        b = normalise_cpu(images, m, x0, y0, mirror, shift, scale, torch.float32, False)
+        torch.testing.assert_close(b[i, j].double(), want, atol=1e-3, rtol=0)
 
 
 @needs_dali
@@ -336,14 +380,12 @@ def test_errors(shards, tmp_path, monkeypatch):
 @needs_dali
 def test_next_epoch_built_in_background_equals_a_fresh_one(shards):
     """The pipeline of epoch e+1, prepared while epoch e runs, yields what a fresh loader does."""
-    chained = dali(shards, "train")
-    assert not chained.prepare_next  # default off on the CPU
-    chained.prepare_next = True
+    assert not dali(shards, "train").spec.prepare_next  # default off on the CPU
+    chained = dali(shards, "train", prepare_next=True)
     epoch(chained)  # epoch 0; prepares epoch 1 in the background
     assert chained._next is not None and chained._next[0] == 1
     x1, y1 = epoch(chained)
-    fresh = dali(shards, "train")
-    fresh.prepare_next = False
+    fresh = dali(shards, "train", prepare_next=False)
     fresh.set_epoch(1)
     x2, y2 = epoch(fresh)
     assert torch.equal(y1, y2) and torch.equal(x1, x2)
@@ -352,8 +394,7 @@ def test_next_epoch_built_in_background_equals_a_fresh_one(shards):
 
 @needs_dali
 def test_close_drops_the_prepared_pipeline(shards):
-    loader = dali(shards, "train")
-    loader.prepare_next = True
+    loader = dali(shards, "train", prepare_next=True)
     epoch(loader)
     assert loader._next is not None
     loader.close()

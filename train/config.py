@@ -30,6 +30,10 @@ SCHEDULES = ("plateau", "step")
 # device ("grouped", train.model.AlexNet).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 CONVS = ("split", "grouped")
+# How the input reaches the step (issue 22, docs/PERFORMANCE.md "Feeding the GPU"): the loader's
+# hand-off ("float": normalised in DALI; "uint8": crops, normalised on the device by one fused op),
+# the share of each batch decoded on the CPU cores, and the step on a high-priority CUDA stream.
+HANDOFFS = ("float", "uint8")
 
 
 def input_norm_for(init: str) -> str:
@@ -40,7 +44,7 @@ def input_norm_for(init: str) -> str:
 # Settings a --resume may change freely: how long, how often to log and checkpoint, threads, and
 # where the run and the shards are (the shards' content is checked against the checkpoint).
 RESUMABLE_CHANGES = ("shards", "out", "epochs", "max_steps", "log_every", "checkpoint_every", "num_threads",
-                     "resume", "apply_changes")
+                     "resume", "apply_changes", "handoff", "cpu_decode", "step_stream")
 
 
 @dataclass
@@ -70,6 +74,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     compile_mode: str = "default"  # with compile: default | reduce-overhead (CUDA graphs) | max-autotune
     conv: str = "split"  # split | grouped: the columns' layers as one op each when they share a device
+    handoff: str = "float"  # float | uint8: what DALI hands to torch (pipeline.handoff)
+    cpu_decode: float = 0.0  # share of each batch decoded on the CPU cores (GPU loaders)
+    step_stream: bool = False  # the training step on a high-priority CUDA stream (train.step.StepStream)
     seed: int = 0
     lighting: float = 0.1  # Section 4.1: sigma of the PCA lighting alpha
     val_every: int = 1  # epochs between validations

@@ -31,7 +31,7 @@ class Launch:
 
     def threads(self) -> int:
         """This process's share of the machine's cores, for its DALI worker threads."""
-        from pipeline.dali_loader import default_threads
+        from pipeline.plan import default_threads
 
         return default_threads(self.local_world)
 

@@ -16,30 +16,9 @@ import time
 import torch
 
 from shards.format import TRAIN
-from train.step import build_model, build_optimizer, compiled, memory_format_for, train_step, uses_cuda_graphs
-from train.timing import Clock
-
-
-def _batches(loader, n):
-    """n batches from a loader, going on to its next epochs as needed (as a training loop does)."""
-    while True:
-        for batch in loader:
-            yield batch
-            n -= 1
-            if n == 0:
-                return
-
-
-def _time_loader(loader, n, warmup, device):
-    """Per-batch seconds of pulling batches onto the device, warm-up excluded."""
-    clock, sizes = Clock(device), []
-    for i, (images, labels) in enumerate(_batches(loader, n + warmup)):
-        images = images.to(device, non_blocking=True)
-        if i >= warmup - 1:
-            clock.mark()
-        if i >= warmup:
-            sizes.append(images.shape[0])
-    return clock.intervals(), sizes
+from pipeline.stages import Clock, take, time_loader
+from train.step import (StepStream, build_model, build_optimizer, compiled, input_dtype_for, memory_format_for,
+                        train_step, uses_cuda_graphs)
 
 
 def _time_steps(step, batches, warmup, device, raw=False):
@@ -109,6 +88,11 @@ def _time_epochs(step, loader, epochs, warmup, device):
     return out
 
 
+def _timing(t) -> dict:
+    """`_summary` of a `pipeline.stages.LoaderTiming`, with its warm-up and first batch."""
+    return {**_summary(t.per_batch_s, t.sizes), "warmup_batches": t.warmup, "first_batch_s": t.first_batch_s}
+
+
 def _summary(times, sizes):
     total = sum(times)
     return {"img_s": sum(sizes) / total if total else 0.0, "batches": len(times),
@@ -116,7 +100,7 @@ def _summary(times, sizes):
 
 
 def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, progress=print, stages=False,
-                epochs=None):
+                epochs=None, trace=None):
     """The four measurements of the module docstring, for the model and loader that `cfg` (a
     TrainConfig: shards, width, init, batch size, amp, channels-last, compile and its mode,
     conv) describes, on `devices` (train.launch.resolve_devices; None for the CPU). The model
@@ -140,9 +124,10 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
               "compile": cfg.compile_mode if cfg.compile else None, "conv": cfg.conv}
 
     loader = build_loader(cfg.shards, TRAIN, n, device=str(device), memory_format=mf, mean=cfg.input_norm,
-                          lighting=cfg.lighting)  # first: its errors come before any output
+                          lighting=cfg.lighting, handoff=cfg.handoff, dtype=input_dtype_for(cfg, device),
+                          cpu_decode=cfg.cpu_decode if device.type == "cuda" else 0.0)  # first: its errors come first
     progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {n})")
-    result["pipeline"] = _summary(*_time_loader(loader, batches, warmup, device))
+    result["pipeline"] = _timing(time_loader(loader, batches, warmup, device))
     if stages:
         from pipeline.stages import profile_stages
 
@@ -152,11 +137,15 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
     model = build_model(cfg, manifest.num_classes, devices)
     net, optimizer, graphs = compiled(model, cfg), build_optimizer(model, cfg), uses_cuda_graphs(cfg)
 
+    stream = StepStream(device, cfg.step_stream)
+
     def step(images, labels):
-        train_step(net, optimizer, images, labels, device, cfg.amp, graphs)
+        with stream():
+            train_step(net, optimizer, images, labels, device, cfg.amp, graphs)
 
     scale = 60.0 if cfg.input_norm == "image" else 1.0  # the loader's output scale
-    x = torch.randn(n, 3, CROP, CROP, device=device).mul_(scale).contiguous(memory_format=mf)
+    x = torch.randn(n, 3, CROP, CROP, device=device).mul_(scale).to(input_dtype_for(cfg, device)).contiguous(
+        memory_format=mf)  # what the loader hands over
     y = torch.randint(0, manifest.num_classes, (n,), device=device)
     result["model"] = _time_steps(step, ((x, y) for _ in range(batches + warmup)), warmup, device)
 
@@ -165,16 +154,22 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
         result["end_to_end"] = _time_epochs(step, loader, epochs, warmup, device)
     else:
         progress("profile: pipeline feeding the model")
-        result["end_to_end"] = _time_steps(step, _batches(loader, batches + warmup), warmup, device)
+        result["end_to_end"] = _time_steps(step, take(loader, batches + warmup), warmup, device)
+    if trace:
+        from train.trace import TRACE_STEPS, trace_steps
+
+        progress(f"profile: trace of {TRACE_STEPS} fed steps -> {trace}")
+        result["trace"] = trace_steps(step, take(loader, TRACE_STEPS + 2), trace, device, skip=2)
     loader.close()
     result["data_wait"] = result["end_to_end"]["data_wait"]
+    result["fed_ratio"] = result["end_to_end"]["img_s"] / result["model"]["img_s"]  # what training loses to its input
 
     progress(f"profile: reference loader (webdataset + PIL + DataLoader, {peer_workers} workers)")
     peer = build_reference_loader(cfg.shards, TRAIN, n, num_workers=peer_workers, mean=cfg.input_norm)
     # every worker's first batch is built during start-up: warm up until all have delivered
     peer_warmup = max(warmup, peer_workers)
-    result["peer"] = _summary(*_time_loader(peer, batches, peer_warmup, device))
-    result["peer"].update(workers=peer_workers, warmup_batches=peer_warmup)
+    result["peer"] = _timing(time_loader(peer, batches, peer_warmup, device))
+    result["peer"].update(workers=peer_workers)
     return result
 
 
@@ -240,8 +235,10 @@ def format_table(r):
         (f"reference loader ({r['peer']['workers']} workers)", r["peer"]["img_s"], ""),
     ]
     lines = [f"{'':<34}{'img/s':>10}", *(f"{n:<34}{v:>10.0f}  {note}" for n, v, note in rows)]
-    fed = r["pipeline"]["img_s"] / r["model"]["img_s"]
-    lines.append(f"pipeline / model = {fed:.2f}x ({'the model is fed' if fed >= 1 else 'INPUT-BOUND: the model waits for data'}); "
+    fed = r["fed_ratio"]  # the data wait understates the loss when loader and model share a device
+    verdict = "the model is fed" if fed >= 0.95 else "INPUT-BOUND: training loses to its input"
+    lines.append(f"fed / model alone = {fed:.2f}x ({verdict}); data wait {100 * r['data_wait']:.1f}%; "
+                 f"pipeline / model = {r['pipeline']['img_s'] / r['model']['img_s']:.2f}x; "
                  f"pipeline / reference = {r['pipeline']['img_s'] / r['peer']['img_s']:.2f}x")
     for row in r["end_to_end"].get("epochs", []):
         lines.append(f"  epoch {row['epoch']}: {row['batches']} batches, {row['img_s']:.0f} img/s, data wait "
@@ -250,6 +247,10 @@ def format_table(r):
         lines.append(f"  data wait over epochs 2+: {100 * r['end_to_end']['data_wait_later']:.1f}% of step time")
     lines.append(f"({r['warmup_batches']} warm-up batches excluded from every figure; "
                  f"{r['peer']['warmup_batches']} for the reference loader, until each worker has delivered)")
+    if "trace" in r:
+        from train.trace import format_trace
+
+        lines.append(format_trace(r["trace"]))
     if "stages" in r:
         lines += ["", f"{'stage (cumulative)':<34}{'img/s':>10}{'ms/batch':>10}{'own share':>11}"]
         lines += [f"{k:<34}{v['img_s']:>10.0f}{v['ms_per_batch']:>10.1f}{100 * v['share']:>10.0f}%"

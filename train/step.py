@@ -1,5 +1,7 @@
 """The one training step of Section 5, and the model and optimiser it runs, built from a
 `TrainConfig` (docs/DESIGN.md, "Trainer"). The trainer runs it; `alexnet profile` times it."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +39,40 @@ def uses_cuda_graphs(cfg: TrainConfig) -> bool:
     """Whether `compiled` replays CUDA graphs (train_step then marks each step): both
     "reduce-overhead" and "max-autotune" turn on inductor's cudagraphs."""
     return cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+
+
+def input_dtype_for(cfg: TrainConfig, device) -> torch.dtype:
+    """What the loader hands the step: bfloat16 with the uint8 hand-off under bf16 autocast on
+    CUDA (written once by the hand-off's fused op: no second cast pass), float32 otherwise."""
+    cuda = torch.device(device).type == "cuda"
+    return torch.bfloat16 if (cfg.handoff == "uint8" and cfg.amp and cuda) else torch.float32
+
+
+class StepStream:
+    """The training step on a high-priority CUDA stream (cfg.step_stream): when the loader's
+    DALI kernels and the step's kernels are both ready, the GPU schedules the step's first, so
+    the loader fills the gaps instead of taking turns with the model (docs/PERFORMANCE.md).
+
+    Use `with stream():` around a step: the step stream first waits for the current stream (on
+    which the batch was handed over, DALI's DLPack hand-off and the uint8 hand-off's fused op),
+    and the current stream waits for the step at the end, so later work on it (the next batch's
+    hand-off, reading the losses) is ordered after the step. No host synchronisation.
+    A no-op on the CPU or when off."""
+
+    def __init__(self, device, enabled: bool):
+        device = torch.device(device)
+        self.stream = torch.cuda.Stream(device, priority=-1) if enabled and device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.stream is None:
+            yield
+            return
+        current = torch.cuda.current_stream(self.stream.device)
+        self.stream.wait_stream(current)
+        with torch.cuda.stream(self.stream):
+            yield
+        current.wait_stream(self.stream)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> PaperSGD:

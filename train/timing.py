@@ -2,34 +2,7 @@
 after one synchronisation, and perf_counter on the CPU, where every step is synchronous."""
 import time
 
-import torch
-
-
-class Clock:
-    """Marks between batches. As in training, the host queues work ahead of the device, so on a
-    GPU a mark is an event recorded on the current stream; `intervals()` gives the seconds
-    between consecutive marks."""
-
-    def __init__(self, device):
-        self.cuda = torch.device(device).type == "cuda"
-        self.marks = []
-
-    def mark(self):
-        if self.cuda:
-            e = torch.cuda.Event(enable_timing=True)
-            e.record()
-            self.marks.append(e)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def intervals(self):
-        if self.cuda:
-            self.marks[-1].synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
-
-    def reset(self):
-        self.marks = []
+from pipeline.stages import Clock  # noqa: F401 (the one clock: the loader timer's and the trainer's)
 
 
 class StepTimes:
