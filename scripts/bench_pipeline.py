@@ -16,10 +16,13 @@ build at the start of the epoch; for the reference, until every worker has deliv
 
 Candidate graphs of the loader (issue 13) run beside them with --variant NAME=KEY:VALUE,...,
 each a DALI loader with lighting 0.1 unless it says otherwise; the keys are build_loader's
-switches: lighting (σ), dtype (float32 | float16 | bfloat16), after (1: mean_after_crop), hw
-(hw_decoder_load), threads, prefetch, layout (nchw | nhwc). For example
+switches: lighting (σ), dtype (float32 | float16 | bfloat16), handoff (float | uint8), cpu
+(cpu_decode), hw (hw_decoder_load), threads, prefetch, layout (nchw | nhwc). For example
 
-    --variant fp16=dtype:float16 --variant after=after:1 --variant hw0=hw:0 --variant pf4=prefetch:4
+    --variant uint8=handoff:uint8 --variant cpu40=handoff:uint8,cpu:0.4,hw:1 --variant pf4=prefetch:4
+
+Every loader is timed by pipeline.stages.time_loader, the timer of `alexnet profile`'s "pipeline
+alone" and of its stage table's torch row, so the three figures are one measurement.
 
     python scripts/bench_pipeline.py                      # ~2000 generated samples, CPU or GPU
     python scripts/bench_pipeline.py --shards /data/shards --device cuda --json
@@ -64,30 +67,16 @@ def generate(directory, samples, repeat):
 
 
 def measure(loader, warmup, batches, device):
-    """(img/s from batch `warmup` to batch `warmup + batches`, seconds to the first batch)."""
-    import torch
+    """(img/s, seconds to the first batch) by the project's one loader timer
+    (pipeline.stages.time_loader: the figure `alexnet profile` reports for the same loader)."""
+    from pipeline.stages import time_loader
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    if len(loader) < warmup + batches + 1:
-        raise SystemExit(f"an epoch has {len(loader)} batches, fewer than the {warmup + batches + 1} needed: "
-                         "use more samples, --repeat-shards or fewer --batches")
-    start = time.perf_counter()
-    for i, (x, y) in enumerate(loader):  # one epoch: its pipeline build is in the warm-up
-        if device.startswith("cuda") and x.device.type == "cpu":  # the reference: deliver to the GPU too
-            x, y = x.to(device), y.to(device)
-        if i == 0:
-            sync()
-            first = time.perf_counter() - start
-        if i == warmup:
-            sync()
-            timed = time.perf_counter()
-        if i == warmup + batches:
-            break
-    sync()
-    return batches * loader.options.batch_size / (time.perf_counter() - timed), first
+    try:
+        t = time_loader(loader, batches, warmup, device)
+    finally:
+        if hasattr(loader, "close"):
+            loader.close()
+    return t.img_s, t.first_batch_s
 
 
 def _loader_dtypes():
@@ -114,8 +103,10 @@ def parse_variant(text):
                 kw["lighting"] = float(value)
             elif key == "dtype" and value in DTYPES:
                 kw["dtype"] = getattr(torch, value)
-            elif key == "after":
-                kw["mean_after_crop"] = bool(int(value))
+            elif key == "handoff" and value in ("float", "uint8"):
+                kw["handoff"] = value
+            elif key == "cpu":
+                kw["cpu_decode"] = float(value)
             elif key == "hw":
                 kw["hw_decoder_load"] = float(value)
             elif key in ("threads", "prefetch"):
@@ -126,7 +117,7 @@ def parse_variant(text):
                 raise ValueError
         except ValueError:
             raise SystemExit(f"--variant {text!r}: {item!r} is not one of lighting:σ, dtype:{'|'.join(DTYPES)}, "
-                             "after:0|1, hw:0..1, threads:N, prefetch:N, layout:nchw|nhwc") from None
+                             "handoff:float|uint8, cpu:0..1, hw:0..1, threads:N, prefetch:N, layout:nchw|nhwc") from None
     return name, kw
 
 
@@ -223,9 +214,9 @@ def main(argv=None):
         sys.exit(f"bench_pipeline: {samples} samples are too few for batch {batch} after "
                  f"{max(warmup.values())} warm-up batches; use more --samples")
 
-    def dali(**kw):  # one epoch per fresh loader: no background build of a next epoch that is never read
+    def dali(**kw):  # as training builds it (the timer waits for a next epoch's background build)
         kw = {"num_threads": a.threads, "dtype": getattr(torch, a.dtype), **kw}
-        return lambda: build_loader(shards, "train", batch, device=device, prepare_next=False, **kw)
+        return lambda: build_loader(shards, "train", batch, device=device, **kw)
 
     loaders = {"dali": dali(lighting=0.0), "dali+lighting": dali(lighting=0.1)}
     for name, kw in map(parse_variant, a.variant):

@@ -6,19 +6,18 @@
 #   mkdir -p /tmp/parts && cp .dw0/part /tmp/parts/p0
 #   cp .dw1/part /tmp/parts/p1
 #   cp .dw2/part /tmp/parts/p2 && bash scripts/device-check.sh
-# Issue 13 ("Is the GPU fed?") in one run of at most $BUDGET seconds (default 300): it unpacks
-# DALI; builds $SAMPLES (40,960: 160 batches of 256 an epoch) training samples on every core
-# while the GPU-marked tests run; then prints
-#   bench-pipeline  the training loader, its candidate graphs (--variant) and the stock loader,
-#                   each with its ratio to the bare DALI anchor measured in the same run
-#   profile-stages  `alexnet profile --stages`: the graph cut after each stage (table + PNG)
-#   profile-e2e     `alexnet profile --compile --epochs 3`: the compiled model fed by the loader,
-#                   each epoch apart, the data wait of epochs 2+ (the next-epoch build in them)
-#   bench-model     split vs grouped convolutions, eager / compiled / CUDA graphs
-# Every step has a time limit and the steps stop at the budget. Six files come back from $OUT
-# (the device returns at most 8): device-check.log (copy it to docs/device-logs/), the figures
-# stages.png and profile.png, device-check.json (a summary), bench-model.json and logs.tar.gz
-# (every step's whole log).
+# Issue 22 ("Feed the GPU") in one run of at most $BUDGET seconds (default 450): it unpacks DALI;
+# builds $SAMPLES (40,960: 160 batches of 256 an epoch) training samples on every core while the
+# GPU-marked tests run; then prints
+#   bench-fed       the compiled training step fed by today's loader and by each remedy, alone
+#                   and combined (scripts/bench_fed.py): loader alone, fed over 2 epochs, model
+#                   alone, fed / model, data wait over epoch 2, the loader's SM µs per image
+#   one-truth       the loader's speed by bench_pipeline's training loader, profile's "pipeline
+#                   alone" and profile's torch stage, in one run: they must agree within 10 %
+# Every step has a time limit and the steps stop at the budget. Files back from $OUT (the device
+# returns at most 8): device-check.log (copy it to docs/device-logs/), bench-fed.json,
+# profile.json, bench-pipeline.json, stages.png, traces.tar.gz (two variants' Chrome traces) and
+# logs.tar.gz (every step's whole log).
 # A CPU rehearsal at tiny sizes: SMOKE=1 DEVICE=cpu bash scripts/device-check.sh (tests/test_device_check.py
 # runs it with COMPILE=--no-compile).
 set -uo pipefail
@@ -54,13 +53,12 @@ exec > >(tee "$OUT/device-check.log") 2>&1
 tee_pid=$!
 t0=$(date +%s)
 DEVICE=${DEVICE:-cuda}
-BUDGET=${BUDGET:-300}
+BUDGET=${BUDGET:-450}
 CORES=$(nproc)
 if [ -n "${SMOKE:-}" ]; then  # the rehearsal: tiny sizes, a tiny net
-  SAMPLES=${SAMPLES:-512}; BATCH=${BATCH:-32}; BATCHES=8; NET=(--width 0.125 --init kaiming)
-  MODEL_ARGS=(--batch-size 4 --steps 2 --windows 1 --warmup 1)
+  SAMPLES=${SAMPLES:-512}; BATCH=${BATCH:-32}; BATCHES=4; NET=(--width 0.125 --init kaiming); FED_EPOCHS=1
 else
-  SAMPLES=${SAMPLES:-40960}; BATCH=${BATCH:-256}; BATCHES=60; NET=(); MODEL_ARGS=(--steps 8 --windows 3 --warmup 3)
+  SAMPLES=${SAMPLES:-40960}; BATCH=${BATCH:-256}; BATCHES=60; NET=()
 fi
 if [ -d /tmp/parts ] && [ ! -d /tmp/site/nvidia/dali ]; then
   mkdir -p /tmp/site && cat $(ls /tmp/parts/p* | sort -V) | xz -d | tar x -C /tmp/site || echo "unpack failed"
@@ -84,7 +82,7 @@ step() {  # step NAME SECONDS CMD...: at most SECONDS and never past the budget;
   tail -n "${TAIL:-6}" "$LOGS/$name.log"
 }
 
-# The limits below sum to 305 s; the budget (300 s, the unpack in it) trims the last step, whose rows are kept as they come.
+# The limits below sum to 470 s; the budget (450 s, the unpack in it) trims the last step.
 shards=${SHARDS_DIR:-/tmp/dc-shards}  # not under $OUT: that comes back from the device
 rm -rf "$shards" && mkdir -p "$shards"
 gen_workers=$(( CORES > 4 ? CORES - 2 : CORES ))  # two cores left to the GPU tests beside it
@@ -93,42 +91,48 @@ echo "== shards: $SAMPLES training samples on $gen_workers processes (in the bac
 classes=1000, shard_size=1024, seed=0, workers=$gen_workers); print(m.split('train').samples, 'samples')" \
   && echo "shards built in $(( $(date +%s) - s ))s" ) > "$LOGS/shards.log" 2>&1 &
 gen=$!
-# the GPU tests of the loader (unmeasured on a GPU since the loader was split into modules) and of
-# the grouped net; the files are named, so that no test file needing a package missing there stops collection
-TAIL=4 step pytest-gpu "${PYTEST_S:-60}" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_dali_loader.py \
+# the GPU tests of the loader (the uint8 hand-off, split decoding, the hardware decoder's share)
+# and of the grouped net; the files are named, so that no test file needing a package missing
+# there stops collection
+TAIL=4 step pytest-gpu "${PYTEST_S:-80}" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_dali_loader.py \
   tests/test_model_grouped.py
 wait $gen; cat "$LOGS/shards.log"
-TAIL=16 step bench-pipeline "${PIPE_S:-55}" $PY scripts/bench_pipeline.py --shards "$shards" --device "$DEVICE" \
-  --batch-size "$BATCH" --repeats 1 --batches "$BATCHES" --ref-workers "$CORES" \
-  --variant after=after:1 --variant fp16=dtype:float16 --variant fp16+after=dtype:float16,after:1 \
-  --variant hw0=hw:0 --variant hw1=hw:1 --variant prefetch4=prefetch:4 --variant threads-half=threads:$(( (CORES + 1) / 2 ))
-TAIL=20 step profile-stages "${STAGES_S:-40}" $PY -m alexnet_cli profile "$shards" --device "$DEVICE" ${NET[@]+"${NET[@]}"} \
-  --batch-size "$BATCH" --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" --stages --plot "$OUT/stages.png"
-TAIL=16 step profile-e2e "${E2E_S:-75}" $PY -m alexnet_cli profile "$shards" --device "$DEVICE" ${NET[@]+"${NET[@]}"} \
-  --batch-size "$BATCH" "${COMPILE:---compile}" --epochs 3 --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" \
-  --plot "$OUT/profile.png"
-# split vs grouped, eager, compiled (the profile's split compile is in the inductor cache), CUDA
-# graphs; then, as time allows, the compiled net without LRN (the target: LRN within 0.97x of it)
-TAIL=24 step bench-model "${MODEL_S:-75}" $PY scripts/bench_gpu_model.py --device "$DEVICE" "${MODEL_ARGS[@]}" \
-  --skip lrn two-device --variants conv= "no LRN + torch.compile" --extra --json "$OUT/bench-model.json"
-$PY - "$OUT" "$LOGS" <<'PY'
+VARIANTS=(--variant base= --variant uint8=handoff:uint8 --variant stream=stream:1
+  --variant cpu30=cpu_decode:0.3,hw_decoder_load:1 --variant u8+hw1=handoff:uint8,hw_decoder_load:1
+  --variant u8+cpu30=handoff:uint8,cpu_decode:0.3,hw_decoder_load:1
+  --variant u8+cpu45=handoff:uint8,cpu_decode:0.45,hw_decoder_load:1
+  --variant u8+cpu30+s=handoff:uint8,cpu_decode:0.3,hw_decoder_load:1,stream:1
+  --variant u8+cpu45+s=handoff:uint8,cpu_decode:0.45,hw_decoder_load:1,stream:1)
+[ -n "${SMOKE:-}" ] && VARIANTS=(--variant base= --variant u8+cpu45+s=handoff:uint8,cpu_decode:0.45,hw_decoder_load:1,stream:1)
+# today's loader, each remedy alone, and combined (the CPU share with the hardware decoder
+# taking every GPU-decoded JPEG: no image on nvJPEG's CUDA path); the compiled split net, bf16,
+# channels-last, as issue 22 measured it
+TAIL=16 step bench-fed "${FED_S:-270}" $PY scripts/bench_fed.py --shards "$shards" --device "$DEVICE" \
+  --batch-size "$BATCH" ${NET[@]+"${NET[@]}"} "${COMPILE:---compile}" --epochs "${FED_EPOCHS:-2}" --batches "$BATCHES" --warmup 5 \
+  --trace-dir "$LOGS/traces" --json "$OUT/bench-fed.json" "${VARIANTS[@]}"
+# one truth for the loader's speed: the same loader by three harnesses, in one run
+TAIL=3 step bench-pipeline "${PIPE_S:-40}" $PY scripts/bench_pipeline.py --shards "$shards" --device "$DEVICE" \
+  --batch-size "$BATCH" --repeats 1 --batches "$BATCHES" --warmup 5 --no-reference --json
+grep '^{' "$LOGS/bench-pipeline.log" | tail -1 > "$OUT/bench-pipeline.json"
+TAIL=3 step profile-stages "${STAGES_S:-80}" $PY -m alexnet_cli profile "$shards" --device "$DEVICE" ${NET[@]+"${NET[@]}"} \
+  --batch-size "$BATCH" --batches "$BATCHES" --warmup 5 --peer-workers "$CORES" --stages --plot "$OUT/stages.png" --json
+grep '^{' "$LOGS/profile-stages.log" | tail -1 > "$OUT/profile.json"
+$PY - "$OUT" <<'PY'
 import json, os, sys
-out, logs = sys.argv[1:]
-rec = {"gpu": open(os.path.join(logs, "gpu.txt")).read().strip()}
-for name in ("pytest-gpu", "bench-pipeline", "profile-stages", "profile-e2e", "bench-model"):
-    try:
-        rec[name] = open(os.path.join(logs, name + ".log")).read().strip().splitlines()[-40:]
-    except OSError as e:
-        rec[name] = f"no result ({e})"
-p = os.path.join(out, "bench-model.json")
-if os.path.exists(p):
-    model = json.load(open(p))
-    rec["bench-model-ratios"] = model.get("ratios")
-    rec["bench-model-rows"] = [{k: r.get(k) for k in ("variant", "img_per_s", "error") if k in r}
-                               for r in model.get("results", []) if r.get("section") == "model"]
-json.dump(rec, open(os.path.join(out, "device-check.json"), "w"), indent=1)
-print("device-check.json written")
+out = sys.argv[1]
+try:
+    bench = json.load(open(os.path.join(out, "bench-pipeline.json")))["img_per_s"]["dali+lighting"]
+    prof = json.load(open(os.path.join(out, "profile.json")))
+    figures = {"bench_pipeline training loader": bench, "profile pipeline alone": prof["pipeline"]["img_s"],
+               "profile torch stage": prof["stages"]["torch"]["img_s"]}
+    spread = max(figures.values()) / min(figures.values())
+    print("== one-truth: " + ", ".join(f"{k} {v:.0f}" for k, v in figures.items())
+          + f"; spread {spread:.2f}x ({'agree within 10%' if spread <= 1.1 else 'DISAGREE'})")
+except (OSError, KeyError, ValueError) as e:
+    print(f"== one-truth: no result ({e})")
 PY
+tar czf "$OUT/traces.tar.gz" -C "$LOGS/traces" $(cd "$LOGS/traces" 2>/dev/null && ls base.json u8+cpu45+s.json 2>/dev/null) 2>/dev/null
+rm -rf "$LOGS/traces"
 tar czf "$OUT/logs.tar.gz" -C "$LOGS" .
 echo "total $(( $(date +%s) - t0 ))s; back from $OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
 exec 1>&- 2>&-

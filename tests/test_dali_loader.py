@@ -200,6 +200,28 @@ def test_gpu_hardware_decoder_share_matches_reference(shards, share):
 
 
 @needs_dali
+@pytest.mark.gpu
+@pytest.mark.parametrize("handoff", ["float", "uint8"])
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_gpu_cpu_decode_share_matches_reference(shards, handoff, share):
+    """cpu_decode routes the first share of every batch to libjpeg-turbo inside the GPU graph
+    (split and merge): the batches keep their order and labels, the CPU-decoded images are the
+    reference's to libjpeg-turbo's tolerance and the rest to nvJPEG's."""
+    kw = dict(shuffle=False, seed=5)
+    loader = dali(shards, "train", "cuda", handoff=handoff, cpu_decode=share, hw_decoder_load=1.0, **kw)
+    loader.set_epoch(2)
+    x, y = epoch(loader)
+    r = ref(shards, "train", **kw)
+    r.set_epoch(2)
+    rx, ry = epoch(r)
+    assert torch.equal(y, ry)
+    on_cpu = torch.arange(len(y)) % B < round(share * B)
+    assert_close(x[on_cpu], rx[on_cpu], "cpu")
+    if (~on_cpu).any():
+        assert_close(x[~on_cpu], rx[~on_cpu], "cuda")
+
+
+@needs_dali
 @pytest.mark.parametrize("device", DEVICES)
 def test_channel_mean_matches_reference(shards, device):
     x, y = epoch(dali(shards, "val", device, mean="channel", lighting=0.1))
