@@ -22,25 +22,24 @@ def test_device_check_rehearsal_runs_every_step(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = (out / "device-check.log").read_text()
     back = sorted(p.name for p in out.iterdir())  # the device returns at most 8 files
-    assert back == ["bench-model.json", "device-check.json", "device-check.log", "logs.tar.gz", "profile.png",
-                    "stages.png"], back
+    assert back == ["bench-fed.json", "bench-pipeline.json", "device-check.log", "logs.tar.gz", "profile.json",
+                    "stages.png", "traces.tar.gz"], back
     logs = tmp_path / "logs"
     with tarfile.open(out / "logs.tar.gz") as tar:
-        assert {"./bench-pipeline.log", "./profile-e2e.log", "./shards.log"} <= set(tar.getnames())
-    steps = ["pytest-gpu", "bench-pipeline", "profile-stages", "profile-e2e", "bench-model"]
-    for step in steps:
+        assert {"./bench-fed.log", "./bench-pipeline.log", "./profile-stages.log", "./shards.log"} <= set(tar.getnames())
+    with tarfile.open(out / "traces.tar.gz") as tar:  # Chrome traces of today's loader and the combined remedy
+        assert set(tar.getnames()) == {"base.json", "u8+cpu45+s.json"}
+    for step in ["pytest-gpu", "bench-fed", "bench-pipeline", "profile-stages"]:
         assert f"== {step} (limit" in log, step
         assert (logs / f"{step}.log").read_text().rstrip().endswith("rc=0"), (logs / f"{step}.log").read_text()[-2000:]
     assert "skipped (budget spent)" not in log
     assert "shards built" in log
-    bench = (logs / "bench-pipeline.log").read_text()
-    for name in ("after", "fp16", "hw0", "prefetch4", "bare+source", "/ bare anchor:"):
-        assert name in bench, name
+    fed = json.loads((out / "bench-fed.json").read_text())
+    assert fed["complete"] and [r["variant"] for r in fed["variants"]] == ["base", "u8+cpu45+s"]
+    for row in fed["variants"]:
+        assert "error" not in row, row
+        assert row["alone"] > 0 and row["fed"] > 0 and row["fed_ratio"] == row["fed"] / row["model"]
+        assert row["trace"]["steps"] == 8
     assert "the input is bound by:" in (logs / "profile-stages.log").read_text()
-    assert "data wait over epochs 2+" in (logs / "profile-e2e.log").read_text()
-    assert "conv=grouped eager" in (logs / "bench-model.log").read_text()
-    assert (out / "stages.png").stat().st_size > 10_000 and (out / "profile.png").stat().st_size > 10_000
-    summary = json.loads((out / "device-check.json").read_text())
-    assert set(summary) >= {"gpu", "bench-pipeline", "profile-stages", "profile-e2e", "bench-model"}
-    rows = {r["variant"]: r["img_per_s"] for r in summary["bench-model-rows"]}
-    assert rows["conv=split eager"] > 0 and rows["conv=grouped eager"] > 0, rows
+    assert "== one-truth: bench_pipeline training loader" in log  # the three figures, side by side
+    assert (out / "stages.png").stat().st_size > 10_000

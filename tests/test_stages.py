@@ -91,3 +91,41 @@ def test_profile_stages_json_table_and_plot(shards, tmp_path):
     table = CliRunner().invoke(cli, ["profile", shards, "--device", "cpu", "--width", "0.125", "--init", "kaiming",
                                      "--batch-size", "4", "--batches", "2", "--warmup", "1", "--stages"]).stdout
     assert "the input is bound by:" in table and "mean_image" in table
+
+
+def test_uint8_handoff_cuts_its_graph_where_torch_takes_over(shards):
+    """With the uint8 hand-off DALI's graph ends at the crop (uint8 HWC, ROI-decoded on the CPU):
+    the crop cut is the decode cut's crop at the host's corners and flips, pixel for pixel, and
+    the stages after it run in torch."""
+    from pipeline import build_loader
+    from pipeline.draws import CROP
+    from pipeline.stages import stages_of
+
+    loader = build_loader(shards, "train", 6, device="cpu", lighting=0.1, handoff="uint8")
+    assert stages_of(loader) == ("read", "decode", "crop", "torch")
+    crops = _outputs_raw(loader, "crop")
+    decoded = _outputs_raw(loader, "decode")
+    draws = loader.draws(0)
+    for i in range(6):
+        x0, y0 = int(draws.x0[i]), int(draws.y0[i])
+        cut = decoded[i][y0:y0 + CROP, x0:x0 + CROP]
+        assert crops[i].dtype == np.uint8 and crops[i].shape == (CROP, CROP, 3)
+        np.testing.assert_array_equal(crops[i], cut[:, ::-1] if draws.mirror[i] else cut)
+    with pytest.raises(ValueError, match="not one of read, decode, crop"):
+        _outputs_raw(loader, "lighting")
+
+
+def test_the_one_timer_leaves_out_the_build_and_the_prefetched_batches(shards):
+    """pipeline.stages.time_loader: warm-up of at least prefetch + 1 batches, epochs crossed as
+    training crosses them, and a loader's background build of its next epoch finished before
+    the timed batches."""
+    from pipeline import build_loader
+    from pipeline.stages import min_warmup, time_loader
+
+    loader = build_loader(shards, "train", 4, device="cpu", prefetch=3, prepare_next=True)
+    assert min_warmup(loader) == 4
+    assert len(loader) == 6
+    t = time_loader(loader, batches=9, warmup=1)  # 4 warm-up + 9 timed: over two epochs
+    assert t.warmup == 4 and len(t.per_batch_s) == 9 and t.sizes == [4] * 9 and t.img_s > 0
+    assert loader.epoch == 3  # epochs 0, 1 and 2 were started
+    assert t.first_batch_s > 0
