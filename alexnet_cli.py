@@ -10,13 +10,8 @@ import sys
 import click
 
 
-class UserError(click.ClickException):
-    """A user mistake (missing folder, bad option value): one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-    def show(self, file=None):
-        click.echo(f"alexnet: error: {self.format_message()}", err=True)
+# Errors: shards.errors.UserError (exit 2) and Damage (exit 1), one line each; click's own
+# usage errors are made one line by LazyGroup.main.
 
 # command name -> "module:function". Listed here so `alexnet --help` need not import anything.
 COMMANDS = {

@@ -49,7 +49,8 @@ def _part(ctx, param, value):
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Only the first N files of each split (training: of the shuffled order).")
 @click.option("--max-errors", type=click.IntRange(0), default=None,
-              help="Exit 1 when more files than this fail (default: no limit; failures are always reported).")
+              help="Exit 1 when more files than this fail, with errors.jsonl and the finished shards but no manifest "
+                   "(default: no limit; failures are always reported).")
 @click.option("--part", callback=_part, default=None, metavar="i/N|auto",
               help="Write only the shards n with n % N == i (for N machines; combine with `alexnet merge`). "
                    "'auto': i and N of this task of a Slurm job array (sbatch --array=0-N-1).")

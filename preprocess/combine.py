@@ -19,7 +19,7 @@ from preprocess import outdir
 from preprocess.plan import Part
 from shards.errors import Damage, UserError, one_line
 from shards.files import LOCK, atomic_write, naming
-from shards.finish import finish_shard_dir, kept, read_errors
+from shards.finish import finish_shard_dir, read_errors, used
 from shards.format import ERRORS_NAME, MANIFEST_NAME, MEAN_IMAGE_NAME, PIXEL_SUM_NAME, SPLITS
 from shards.manifest import Manifest
 from shards.stats import StatSums
@@ -213,7 +213,7 @@ def merge(parts: List[str], out: str, mode: str = "link") -> MergeSummary:
                              errors=rows, sums=total, image_size=first.image_size)
             outdir.remove_leftovers(out)  # temporaries of an interrupted earlier merge into `out`
     return MergeSummary(out, len(parts), sum(len(s) for s in splits.values()),
-                        sum(sh.samples for s in splits.values() for sh in s), sum(not kept(r) for r in rows))
+                        sum(sh.samples for s in splits.values() for sh in s), sum(not used(r) for r in rows))
 
 
 __all__ = ["merge", "MergeError", "DamagedPart", "MergeSummary", "MODES"]

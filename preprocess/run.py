@@ -21,7 +21,7 @@ from preprocess.progress import Progress
 from preprocess.source import ScanError, Source, scan
 from preprocess.transform import CHROMA_SUBSAMPLING
 from shards.errors import Damage, one_line
-from shards.finish import NothingUsable, finish_shard_dir, kept, read_errors
+from shards.finish import NothingUsable, finish_shard_dir, kept, note, read_errors, used, write_errors
 from shards.format import ERRORS_NAME, TRAIN, VAL
 from shards.manifest import ClassInfo, Manifest
 from shards.stats import StatSums
@@ -42,22 +42,26 @@ class Summary:
     errors: int  # files of the requested splits not used (reused shards and skipped entries included)
     seconds: float
     kept: int = 0  # files used despite libjpeg's warnings (listed in errors.jsonl too)
+    notes: int = 0  # files used with a note in errors.jsonl (animated, tiny)
 
     def line(self) -> str:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         reused = f", {self.reused} reused" if self.reused else ""
         kept = f", {self.kept:,} kept with warnings" if self.kept else ""
+        kept += f", {self.notes:,} noted" if self.notes else ""
         return (f"preprocess: {self.samples:,} images in {self.shards} shards{reused}, {self.errors:,} errors{kept}, "
                 f"{self.seconds:.1f} s, {rate:,.1f} img/s -> {self.out}")
 
 
 class TooManyErrors(Damage):
-    """More files failed than `Settings.max_errors`; raised after OUT is finished, with the run's
-    Summary in `.summary` (exit code 1)."""
+    """More files failed than `Settings.max_errors`: errors.jsonl lists them, the finished shards
+    are kept for a rerun, and no manifest is written (a failed preprocess must not look
+    complete); the run's Summary in `.summary` (exit code 1)."""
 
     def __init__(self, summary: Summary, limit: int):
-        super().__init__(f"{summary.errors:,} files failed, more than --max-errors {limit}; "
-                         f"see {os.path.join(summary.out, ERRORS_NAME)}")
+        super().__init__(f"{summary.errors:,} files failed, more than --max-errors {limit}; no manifest was written "
+                         f"(see {os.path.join(summary.out, ERRORS_NAME)}; the finished shards are kept: run again "
+                         "with a higher --max-errors to finish OUT from them)")
         self.summary = summary
 
 
@@ -66,7 +70,8 @@ def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
 
     Raises ScanError/OutError (UserError, exit 2) for bad input or an unusable OUT,
     NothingUsable (Damage, exit 1) when every image of a split failed, and TooManyErrors
-    (Damage, exit 1) after finishing OUT when more files failed than `settings.max_errors`.
+    (Damage, exit 1) when more files failed than `settings.max_errors` (errors.jsonl written,
+    shards kept, no manifest).
     Anything else that goes wrong with a file (a full disk, an unreadable input) is one line
     naming it (shards.errors.one_line): exit 1 when the disk refused data, else 2. OUT gets its
     manifest only once complete; a failed run leaves OUT as a rerun resumes it.
@@ -97,14 +102,14 @@ def preprocess(settings: Settings, show_progress: bool = True) -> Summary:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         skipped = _scanned_rows(source, owned, settings)
-        errors, kept = _finish(out, owned, records, existing, params, source, skipped)
+        errors, kept, notes = _finish(out, owned, records, existing, params, source, skipped, settings.max_errors)
         outdir.remove_leftovers(out)
         tasks = [t for ts in owned.values() for t in ts]
         summary = Summary(
             out=out, written=written, reused=len(tasks) - len(todo),
             shards=sum(1 for t in tasks if records[t.stem].shard), errors=errors,
             samples=sum(records[t.stem].shard.samples for t in tasks if records[t.stem].shard),
-            seconds=time.perf_counter() - t0, kept=kept,
+            seconds=time.perf_counter() - t0, kept=kept, notes=notes,
         )
     if settings.max_errors is not None and errors > settings.max_errors:
         raise TooManyErrors(summary, settings.max_errors)
@@ -171,21 +176,21 @@ def _run(settings: Settings, todo: List[ShardTask], records: dict, pool, show_pr
     total = sum(len(t.items) for t in todo)
     progress = Progress(total, enabled=show_progress)
     done = n_errors = written = 0
-    current, samples, errors, kept, sums = None, [], [], [], None
+    current, samples, errors, listed, sums = None, [], [], [], None
     for task, result in _results(settings, todo, pool):
         if task is not current:
-            current, samples, errors, kept = task, [], [], []
+            current, samples, errors, listed = task, [], [], []
             sums = StatSums(settings.size) if task.split == TRAIN else None
         samples += result.samples
         errors += result.errors
-        kept += result.kept
+        listed += result.kept + result.notes  # files used, listed in errors.jsonl all the same
         if result.sums is not None:
             sums.merge(result.sums)
         done += len(result.samples) + len(result.errors)
         n_errors += len(result.errors)
         written += len(result.samples)
         if done_with(task, samples, errors):
-            records[task.stem] = _write_shard(settings.out, task, samples, errors + kept, sums)
+            records[task.stem] = _write_shard(settings.out, task, samples, errors + listed, sums)
         progress.update(done, n_errors)
     progress.close()
     return written
@@ -210,10 +215,11 @@ def _write_shard(out: str, task: ShardTask, samples, errors, sums) -> outdir.Sha
 
 
 def _finish(out: str, owned, records, existing: Optional[Manifest], params: dict, source: Source,
-            skipped: List[dict]) -> Tuple[int, int]:
+            skipped: List[dict], max_errors: Optional[int] = None) -> Tuple[int, int, int]:
     """Finish OUT (shards.finish) with this run's shards, its rows of errors.jsonl (the records'
     and `skipped`, the scan's) and the splits it keeps from an earlier run. Returns this run's
-    (files not used, files kept despite warnings).
+    (files not used, files kept despite warnings, files noted). More files not used than
+    `max_errors`: only errors.jsonl is written (the caller raises TooManyErrors), no manifest.
 
     A split of which this run owns shards but every image failed gets errors.jsonl and no
     manifest (NothingUsable): a shard directory with 0 images must not look complete."""
@@ -228,7 +234,10 @@ def _finish(out: str, owned, records, existing: Optional[Manifest], params: dict
         for r in recs:
             rows += r.errors
     errors += rows
-    n_kept = sum(kept(r) for r in rows)
+    counts = sum(not used(r) for r in rows), sum(map(kept, rows)), sum(map(note, rows))
+    if max_errors is not None and counts[0] > max_errors:
+        write_errors(out, errors)
+        return counts
     if TRAIN in owned:  # statistics from this run's training shards
         sums, stats = _train_sums(out, [t.stem for t in owned[TRAIN]]), None
     else:  # those of an earlier run's, if any
@@ -236,7 +245,7 @@ def _finish(out: str, owned, records, existing: Optional[Manifest], params: dict
     classes = [ClassInfo(i, w, source.names.get(w, w)) for i, w in enumerate(source.wnids)]
     finish_shard_dir(out, classes=classes, params=params, splits=splits, errors=errors, sums=sums, stats=stats,
                      image_size=params["size"])
-    return len(rows) - n_kept, n_kept
+    return counts
 
 
 def _train_sums(out: str, stems: List[str]) -> Optional[StatSums]:

@@ -86,12 +86,31 @@ class BadImage(ValueError):
 
 
 class Decoded(NamedTuple):
-    """A decoded source: the size×size×4 RGBX crop, the source's (w, h), and libjpeg's warnings
-    about a JPEG that was used all the same (extraneous bytes; see the module's docstring)."""
+    """A decoded source: the size×size×4 RGBX crop, the source's (w, h), libjpeg's warnings
+    about a JPEG that was used all the same (extraneous bytes; see the module's docstring), and
+    notes on what was done as documented but may surprise (`notes_for`)."""
 
     pixels: np.ndarray
     size: Tuple[int, int]
     warnings: Tuple[str, ...] = ()
+    notes: Tuple[str, ...] = ()
+
+
+# Documented behaviour that is listed (errors.jsonl, "note": true) without skipping the file:
+# an animated image keeps its first frame, and a source whose shorter side is below NOTE_BELOW px
+# is upscaled by more than 8 times. EXIF orientation is not applied (as PIL's and torchvision's
+# loaders do not) and is not listed: most photos carry the tag.
+NOTE_BELOW = 32
+
+
+def notes_for(w: int, h: int, frames: int = 1, size: int = IMAGE_SIZE) -> Tuple[str, ...]:
+    """The notes on a w×h source of `frames` frames."""
+    notes = []
+    if frames > 1:
+        notes.append(f"animated ({frames} frames): the first frame is used")
+    if min(w, h) < NOTE_BELOW:
+        notes.append(f"{w}x{h}: the shorter side is below {NOTE_BELOW} px; upscaled {size / min(w, h):.0f} times")
+    return tuple(notes)
 
 
 class _NotFast(Exception):
@@ -145,17 +164,18 @@ def decode(data: bytes, size: int = IMAGE_SIZE, resize_filter: str = DEFAULT_FIL
         raise BadImage("empty file")
     resample = FILTERS[resize_filter]
     if not data.startswith(_JPEG_SOI):
-        return Decoded(*_load_pil(data, size, resample))
+        return _pil(data, size, resample)
     said, lenient = [], False  # libjpeg's warnings so far; whether the decoder may go past them
     for _ in range(4):  # at most: junk in the header, then junk after the data, then the decode
         try:
-            return Decoded(*_load_jpeg(data, size, resample, strict=not lenient), tuple(said))
+            pixels, (w, h) = _load_jpeg(data, size, resample, strict=not lenient)
+            return Decoded(pixels, (w, h), tuple(said), notes_for(w, h, size=size))
         except _NotFast:  # CMYK/YCCK: Pillow's, once libjpeg-turbo has checked the data
             message = None if lenient else _first_warning(data)
         except ValueError as e:
             message = None if lenient else str(e)
         if message is None or not message.startswith(_LIBJPEG_WARNINGS):  # none, or an error: Pillow judges
-            return Decoded(*_load_pil(data, size, resample), tuple(said))
+            return _pil(data, size, resample, said)
         said.append(message)
         if not _EXTRANEOUS.match(message):
             reason = "; ".join(said)
@@ -168,6 +188,11 @@ def decode(data: bytes, size: int = IMAGE_SIZE, resize_filter: str = DEFAULT_FIL
         else:
             data = cleaned
     raise BadImage("; ".join(said))
+
+
+def _pil(data: bytes, size: int, resample, said=()) -> Decoded:
+    pixels, (w, h), frames = _load_pil(data, size, resample)
+    return Decoded(pixels, (w, h), tuple(said), notes_for(w, h, frames, size))
 
 
 def _first_warning(data: bytes) -> Optional[str]:
@@ -253,6 +278,7 @@ def _load_pil(data: bytes, size: int, resample):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette transparency, EXIF and similar chatter
             im = Image.open(io.BytesIO(data))
+            frames = getattr(im, "n_frames", 1)  # before load(): which then holds the first frame
             im.load()
             w, h = im.size
             rgb = to_rgb(im)
@@ -263,7 +289,7 @@ def _load_pil(data: bytes, size: int, resample):
     if min(w, h) < 1:
         raise BadImage(f"empty image {w}x{h}")
     out = rgb.resize((size, size), resample, box=crop_box(w, h, size))
-    return np.asarray(out.convert("RGBX")), (w, h)
+    return np.asarray(out.convert("RGBX")), (w, h), frames
 
 
 def _reason(e: Exception) -> str:

@@ -53,6 +53,7 @@ class ChunkResult:
     samples: List[Tuple[int, bytes, int, dict]] = field(default_factory=list)  # position, jpeg, label, meta
     errors: List[dict] = field(default_factory=list)  # files not used: {"split", "position", "path", "reason"}
     kept: List[dict] = field(default_factory=list)  # files used despite libjpeg's warnings: the same, "kept": True
+    notes: List[dict] = field(default_factory=list)  # files used as documented (transform.notes_for): "note": True
     sums: Optional[StatSums] = None  # training chunks only; pixel_sum as uint32 to halve the transfer
 
 
@@ -78,13 +79,16 @@ def process_chunk(split: str, chunk) -> ChunkResult:
                 raise BadImage(item.problem)
             with open(os.path.join(root, item.path), "rb") as f:
                 data = f.read()
-            pixels, (w, h), warnings = decode(data, size, resize_filter, strict)
+            decoded = decode(data, size, resize_filter, strict)
+            pixels, (w, h) = decoded.pixels, decoded.size
             jpeg = encode(pixels, quality)
         except Exception as e:  # one bad file must not stop 1.28 M others; it is reported
             result.errors.append(dict(row, reason=_reason(e)))
             continue
-        if warnings:
-            result.kept.append(dict(row, reason="; ".join(warnings), kept=True))
+        if decoded.warnings:
+            result.kept.append(dict(row, reason="; ".join(decoded.warnings), kept=True))
+        if decoded.notes:
+            result.notes.append(dict(row, reason="; ".join(decoded.notes), note=True))
         if sums is not None:
             sums.add(pixels)
         result.samples.append((position, jpeg, item.label, {"src": item.path, "wnid": item.wnid, "size": [w, h]}))

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.evaluate import autocast_for  # noqa: E402
+from train.step import autocast_for  # noqa: E402
 from train.step import train_step  # noqa: E402
 
 SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0          # the paper's constants (Section 3.3)

@@ -42,7 +42,8 @@ def finish_shard_dir(
       is raised and there is no manifest.
     errors: one dict per source file not used or used despite a warning, with "split", "path"
       and "reason", and "position" (its place in the split's write order) when it was planned
-      (a file skipped while scanning SRC has none), "kept": true when it was used anyway;
+      (a file skipped while scanning SRC has none), "kept": true when it was used anyway,
+      "note": true when it was used as documented but is worth knowing (an animated image);
       written sorted, with a summary line, to errors.jsonl. The manifest's `errors` counts the
       files not used.
     sums: the exact training-pixel sums: mean_image.npy and pixel_sum.npy are written and the
@@ -57,7 +58,7 @@ def finish_shard_dir(
     if sums is not None:
         stats = _write_stats(out, sums) if sums.images else None
     rows = list(errors)
-    _write_errors(out, rows)
+    write_errors(out, rows)
     failed = [s for s in SPLITS if s in splits and not splits[s]]
     if failed:
         raise NothingUsable(f"every image of the {' and '.join(failed)} split failed; no manifest was "
@@ -65,7 +66,7 @@ def finish_shard_dir(
     listed = {s: SplitInfo(samples=sum(sh.samples for sh in splits[s]), shards=list(splits[s]))
               for s in SPLITS if s in splits}
     manifest = Manifest(image_size=image_size, classes=list(classes), params=params, splits=listed, stats=stats,
-                        errors=sum(not kept(r) for r in rows))
+                        errors=sum(not used(r) for r in rows))
     try:
         manifest.save(out)
     except DamagedManifest as e:  # e.g. training pixels without variation in a channel: unusable statistics
@@ -86,20 +87,35 @@ def kept(row: dict) -> bool:
     return row.get("kept") is True
 
 
+def note(row: dict) -> bool:
+    """Whether an errors.jsonl row is a note on a file used as documented (an animated image's
+    first frame, a tiny image upscaled: preprocess.transform.notes_for), not a failure."""
+    return row.get("note") is True
+
+
+def used(row: dict) -> bool:
+    """Whether the file of an errors.jsonl row is in the shards (kept or noted), not skipped."""
+    return kept(row) or note(row)
+
+
 def _order(row: dict):
     """Split, then files skipped while scanning (by path), then write order."""
     return SPLITS.index(row["split"]), row.get("position", -1), row.get("path", "")
 
 
-def _write_errors(out: str, rows: List[dict]) -> None:
+def write_errors(out, rows: List[dict]) -> None:
     """errors.jsonl: one line per listed file in split, then write order; then one summary line
-    (`errors`: files not used, in all and by split; `kept`: files used despite a warning)."""
+    (`errors`: files not used, in all and by split; `kept`: files used despite a warning;
+    `notes`: files used with a note)."""
     rows = sorted(rows, key=_order)
-    failed = [r for r in rows if not kept(r)]
+    failed = [r for r in rows if not used(r)]
     by_split = {s: sum(1 for r in failed if r["split"] == s) for s in SPLITS}
     lines = [json.dumps(r) for r in rows]
-    lines.append(json.dumps({"summary": {"errors": len(failed), "by_split": by_split, "kept": len(rows) - len(failed)}}))
-    atomic_write(os.path.join(out, ERRORS_NAME), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    summary = {"errors": len(failed), "by_split": by_split, "kept": sum(map(kept, rows))}
+    if any(map(note, rows)):  # absent when there is none, so that older directories stay byte-identical
+        summary["notes"] = sum(map(note, rows))
+    lines.append(json.dumps({"summary": summary}))
+    atomic_write(os.path.join(os.fspath(out), ERRORS_NAME), lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def read_errors(directory) -> List[dict]:

@@ -218,6 +218,9 @@ class Manifest:
         if not store.is_dir():  # S3: the bucket (a missing one, wrong credentials: one line, exit 2)
             raise ManifestError(f"{directory}: no such shard directory")
         if not store.exists(MANIFEST_NAME):
+            if not store.remote and _is_imagenet_source(directory):
+                raise ManifestError(f"{directory}: is an ImageNet source folder (train/, val/), not a shard directory; "
+                                    f"make shards from it with `alexnet preprocess {directory} SHARDS`, then give SHARDS")
             make = (f"upload a shard directory there with `alexnet upload OUT {directory}`" if store.remote
                     else f"run `alexnet preprocess SRC {directory}` first")
             raise ManifestError(f"{path}: no manifest; {make}")
@@ -319,3 +322,12 @@ class Manifest:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def _is_imagenet_source(directory) -> bool:
+    """Whether `directory` looks like what `alexnet preprocess` reads (SRC): train/ or val/
+    folders, or the Kaggle LOC files."""
+    import os
+
+    return (any(os.path.isdir(os.path.join(directory, d)) for d in SPLITS)
+            or any(os.path.isfile(os.path.join(directory, f)) for f in ("LOC_val_solution.csv", "LOC_synset_mapping.txt")))

@@ -226,6 +226,26 @@ def s3_error(e: BaseException, url: str, endpoint: str = "") -> BaseException:
     return e
 
 
+def check_s3_url(url: str) -> None:
+    """UserError (exit 2), before any request, for an `s3://` URL that is not one unambiguous
+    prefix: a `.` or `..` segment, an empty segment (`a//b`) or a control character (a newline).
+    S3 stores such keys literally while URL-normalising readers (DALI's) resolve them, so the
+    same URL would name two different sets of objects; one rule for every command."""
+    shown = url.encode("unicode_escape").decode("ascii")  # one line, whatever the URL holds
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise UserError(f"{shown}: holds a control character; give the s3://bucket/prefix without it")
+    rest = url[len(S3_SCHEME):]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise UserError(f"{shown}: no bucket; an S3 shard directory looks like s3://bucket/prefix")
+    segments = [bucket] + (prefix.strip("/").split("/") if prefix.strip("/") else [])
+    odd = [s for s in segments if s in ("", ".", "..")]
+    if odd:
+        what = "an empty segment (//)" if odd[0] == "" else f"a '{odd[0]}' segment"
+        raise UserError(f"{shown}: holds {what}, which S3 keeps literally but other readers resolve; "
+                        "give the prefix without it, e.g. s3://bucket/imagenet/shards")
+
+
 class S3Store:
     """A shard directory under an S3 prefix, `s3://bucket/prefix` (an S3-compatible store through
     `AWS_ENDPOINT_URL`). Objects are `prefix/name`; "directory" means the prefix."""
@@ -233,10 +253,9 @@ class S3Store:
     remote = True
 
     def __init__(self, url: str):
+        check_s3_url(url)
         rest = url[len(S3_SCHEME):]
         bucket, _, prefix = rest.partition("/")
-        if not bucket:
-            raise UserError(f"{url}: no bucket; an S3 shard directory looks like s3://bucket/prefix")
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.location = f"{S3_SCHEME}{bucket}/{self.prefix}".rstrip("/")
         self._bucket_checked = False
@@ -371,6 +390,35 @@ class S3Store:
 
     def delete(self, name: str) -> None:
         self._call(self.url(name), "delete_object", Bucket=self.bucket, Key=self.key(name))
+
+    def put_if(self, name: str, data: bytes, etag: Optional[str] = None) -> Optional[str]:
+        """A conditional PUT of the small object `name`: with `etag` None only if no object has
+        that name (`If-None-Match: *`), else only if the object's ETag is still `etag`
+        (`If-Match`). The new object's ETag, or None when the condition failed (another writer
+        got there first). S3 decides this atomically on the server."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        client = self.client
+        try:
+            return client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data, **condition)["ETag"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return None
+            raise _raised(e, self.url(name), client) from None
+        except Exception as e:
+            raise _raised(e, self.url(name), client) from None
+
+    def read_tagged(self, name: str) -> Optional[tuple]:
+        """(the bytes, the ETag) of `name`, or None when there is no such object."""
+        try:
+            response = self._get(name)
+        except FileNotFoundError:
+            return None
+        try:
+            return response["Body"].read(), response["ETag"]
+        except Exception as e:
+            raise _raised(e, self.url(name), self.client) from None
 
     def abort_uploads(self, names: Iterable[str]) -> int:
         """Abort the unfinished multipart uploads of `names` (left by a killed upload; S3 keeps

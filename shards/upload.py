@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Tuple
 
 from shards.errors import Damage, UserError
 from shards.format import ERRORS_NAME, MANIFEST_NAME
+from shards.s3lock import upload_lock
 from shards.store import LocalStore, S3Store, is_s3_url
 from shards.writer import file_sha256
 
@@ -87,12 +88,19 @@ def upload_shard_dir(src, dest: str, jobs: int = UPLOAD_JOBS,
         raise UserError(f"{src}: upload copies a local shard directory; give a folder as OUT")
     if not is_s3_url(dest):
         raise UserError(f"{dest}: not an s3:// URL; give the destination as s3://bucket/prefix")
+    remote = S3Store(dest)  # an ambiguous URL (shards.store.check_s3_url) is refused before any work
     manifest = Manifest.load(src)
     files = _files(src, manifest)
     _check_local(src, manifest, files)
-    local, remote = LocalStore(src), S3Store(dest)
+    remote.is_dir()  # the bucket, the credentials and the endpoint, before the lock is written
+    with upload_lock(remote, src):  # one upload per prefix (shards.s3lock)
+        return _send(src, LocalStore(src), remote, files, jobs, progress)
+
+
+def _send(src: str, local: LocalStore, remote: S3Store, files, jobs: int, progress) -> UploadReport:
+    """What `upload_shard_dir` does once it holds the prefix's lock."""
     report = UploadReport(src, remote.location)
-    there = remote.listing()  # also checks the bucket, the credentials and the endpoint
+    there = remote.listing()
 
     def needed(item) -> Optional[str]:
         """The sha256 to upload `name` with, or None when the same bytes are there already."""

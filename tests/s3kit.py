@@ -187,5 +187,14 @@ class S3Server:
         return f"s3://{name}"
 
 
+def use_only(env: dict, monkeypatch) -> None:
+    """These AWS_* variables for boto3 and DALI in this process, and nothing else: no other AWS_*
+    variable, nothing from ~/.aws."""
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    for k, v in dict(env, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull).items():
+        monkeypatch.setenv(k, v)
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:
     _serve_relay(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

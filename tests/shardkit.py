@@ -104,3 +104,13 @@ def make_shards(
         sums=sums,
         image_size=SIZE,
     )
+
+
+def overwrite(path, offset: int = 2000, length: int = 1) -> None:
+    """Damage a file in place, its size intact: `length` bytes from `offset` inverted (a tar
+    that passes every size check and fails its sha256)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(length)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in data))

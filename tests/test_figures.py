@@ -85,8 +85,9 @@ def test_kernels_png_is_two_column_blocks(run):
     model, _ = model_from_checkpoint(run["ckpt"])
     w = model.conv1_weight()
     assert w.shape == (12, 3, 11, 11)  # 96 × 0.125
-    layout = plot_kernels(w, run["root"] / "k.png")
-    assert [b["title"] for b in layout["blocks"]] == ["column 1 (GPU 1)", "column 2 (GPU 2)"]
+    layout = plot_kernels(w, run["root"] / "k.png", places=["cpu", "cpu"])
+    assert [b["title"] for b in layout["blocks"]] == ["column 1 (on cpu)", "column 2 (on cpu)"]
+    assert layout["size"][0] >= 900, "readable at a glance, as the paper's Figure 3 (issue 20: 567 px)"
     assert [b["kernels"] for b in layout["blocks"]] == [6, 6]
     img = _image(run["out"]["kernels"])
     assert (img.shape[1], img.shape[0]) == tuple(layout["size"])
@@ -249,8 +250,17 @@ def test_plot_curves_reads_training_and_validation_rows(tmp_path):
     train, val = read_metrics(path)
     assert len(train) == 30 and len(val) == 3
     info = plot_curves(path, tmp_path / "curves.png")
-    assert info == {"train_rows": 30, "val_rows": 3}
+    assert (info["train_rows"], info["val_rows"]) == (30, 3)
     assert _image(tmp_path / "curves.png").shape[1] >= 500
+
+
+def test_a_constant_learning_rate_reads_as_constant(tmp_path):
+    """Issue 20: a constant rate was drawn on a 0.0096-0.0104 axis, as if it moved."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "epoch": 0, "loss": 2.0 - s / 100, "lr": 0.01}) + "\n"
+                            for s in range(1, 21)))
+    lo, hi = plot_curves(path, tmp_path / "curves.png")["lr_axis"]
+    assert lo == 0 and 0.01 < hi <= 0.02
 
 
 def test_neighbours_figure_has_the_papers_five_rows_of_six(run, tmp_path):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 
 import numpy as np
@@ -38,9 +39,26 @@ def save_checkpoint(run_dir, state: dict) -> str:
         if free is not None and free < 64 << 20:
             reason = f"the disk is full ({free >> 20} MiB free)"
         last = os.path.join(run_dir, "last.pt")
-        kept = f"{last} still holds the previous checkpoint" if os.path.exists(last) else "no checkpoint was kept"
-        raise CheckpointNotWritten(f"{path}: not written: {reason}; {kept} (free space, then --resume)") from None
+        if os.path.exists(last):
+            kept = f"{last} still holds the previous checkpoint (free space, then add --resume to continue from it)"
+        else:  # nothing to resume from: the same command starts the run again
+            kept = "no checkpoint was kept (free space, then run the same command again, without --resume)"
+        raise CheckpointNotWritten(f"{path}: not written: {reason}; {kept}") from None
     return path
+
+
+def prune_checkpoints(run_dir, keep: int) -> list:
+    """Delete the oldest `checkpoint-<step>.pt` files of `run_dir` beyond the `keep` newest (0:
+    keep all); returns the names deleted. Only the trainer's own names are touched, and never
+    `last.pt` or `best.pt`: they are links of their own (point), so the checkpoint a resume needs
+    and the best one stay whatever their checkpoint-<step>.pt name becomes."""
+    if keep <= 0:
+        return []
+    names = sorted(n for n in os.listdir(run_dir) if re.fullmatch(r"checkpoint-\d{8}\.pt", n))
+    old = names[:-keep]
+    for name in old:
+        os.remove(os.path.join(run_dir, name))
+    return old
 
 
 def point(run_dir, path, name) -> None:
@@ -65,13 +83,29 @@ def load_checkpoint(path, map_location="cpu", mmap=False) -> dict:
         path = os.path.join(path, "last.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    give = "give a checkpoint written by `alexnet train` (RUN/best.pt, RUN/last.pt or RUN/checkpoint-<step>.pt)"
     try:
         state = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
-    except Exception as e:  # torch raises several types for a damaged file
-        raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
-    if "model_config" not in state or "model" not in state:
-        raise ValueError(f"{path}: not a checkpoint written by `alexnet train`")
+    except Exception:  # torch raises several types, with advice about torch.save that does not apply here
+        raise ValueError(f"{path}: not a readable checkpoint: {_what_file(path)}; {give}") from None
+    if not isinstance(state, dict) or "model_config" not in state or "model" not in state:
+        raise ValueError(f"{path}: a PyTorch file, but not a checkpoint written by `alexnet train` (no model or "
+                         f"model_config in it); {give}")
     return state
+
+
+def _what_file(path) -> str:
+    """What a file that torch cannot load is, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    kinds = ((b"PK\x03\x04", "a PyTorch (zip) file that is damaged or cut short"),
+             (b"\x93NUMPY", "a numpy array file"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"),
+             (b"\x80", "a Python pickle, not a PyTorch file"), (b"{", "a JSON file"))
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "a tar file (a shard?)"
+    if not head:
+        return "an empty file"
+    return next((what for magic, what in kinds if head.startswith(magic)), "not a PyTorch file")
 
 
 def model_settings(model_config: dict) -> dict:

@@ -1,14 +1,16 @@
 """`alexnet train`, `eval`, `profile` and `figures`: parse options, call the library, print.
 
 Heavy imports (torch, DALI) live inside the commands, so `alexnet --help` stays fast."""
+import contextlib
 import json
+import math
 import os
 from dataclasses import MISSING, fields
 
 import click
 
 from shards.errors import UserError
-from train.config import COLUMNS, COMPILE_MODES, CONVS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig
+from train.config import COLUMNS, COMPILE_MODES, CONVS, HANDOFFS, INITS, INPUT_NORMS, POOLS, SCHEDULES, TrainConfig
 from shards.format import TRAIN, VAL
 from train.launch import DEVICE_CHOICES
 
@@ -70,24 +72,43 @@ def _saved_settings(last, settings):
             if k in was and ctx.get_parameter_source(PARAM_OF_FIELD.get(k, k)) == ParameterSource.DEFAULT}
 
 
+def _probe(folder) -> str:
+    """"" when a file can be created in `folder`, else why not. The file is created and removed:
+    os.access says yes to root even on /proc or a read-only mount."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".alexnet-probe-", dir=folder)
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    os.remove(probe)
+    return ""
+
+
 def _output_dir(path, option):
-    """One line before any work when `option`'s folder cannot be written."""
+    """One line before any work when `option`'s folder cannot be created or written."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{option} {path}: exists and is not a folder; choose another {option}")
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = os.path.abspath(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise UserError(f"{option} {path}: cannot be created ({parent} is not a writable folder)")
+    why = _probe(parent) if os.path.isdir(parent) else "not a folder"
+    if why:
+        raise UserError(f"{option} {path}: cannot be written ({parent}: {why}); choose another {option}")
 
 
-def _output_file(path, option):
-    """One line before any work when `option`'s file cannot be written (its folder must exist)."""
+def _output_file(path, option, suffix=None):
+    """The path a file for `option` will be written to (with `suffix` for a name without one:
+    matplotlib adds ".png"), after one line before any work when it cannot be written there."""
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise UserError(f"{option} {path}: is a folder; give a file name, e.g. {os.path.join(path, 'out.png')}")
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise UserError(f"{option} {path}: its folder {parent} does not exist or is not writable")
+        example = os.path.join(path, "out" + (suffix or ""))
+        raise UserError(f"{option} {path}: is a folder; give a file name, e.g. {example}")
+    why = _probe(parent) if os.path.isdir(parent) else "no such folder"
+    if why:
+        raise UserError(f"{option} {path}: cannot be written ({parent}: {why}); choose another {option}")
+    return path if os.path.splitext(path)[1] or not suffix else path + suffix
 
 
 def _check_shards(shards, split=None):
@@ -109,7 +130,28 @@ def _opt(*decls, field, **kwargs):
     return click.option(*decls, default=default, show_default=default is not None, **kwargs)
 
 
-POSITIVE = click.FloatRange(min=0, min_open=True)
+class FiniteRange(click.FloatRange):
+    """click's FloatRange that also refuses nan and infinities (nan passes every comparison of
+    click's own range check): an option value, one line naming the option and its range."""
+
+    name = "finite float range"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}", param, ctx)
+        return rv
+
+
+POSITIVE = FiniteRange(min=0, min_open=True)
+# Ranges of the float settings: wide enough for any experiment, narrow enough that no value
+# overflows the arithmetic (lr 1e300) or asks for an absurd net (width 1000; a width inside
+# the range that cannot fit the device is refused by train.capacity before allocating)
+LR = FiniteRange(0, 10, min_open=True)
+WIDTH = FiniteRange(0, 16, min_open=True)
+MOMENTUM = FiniteRange(0, 1, max_open=True)
+WEIGHT_DECAY = FiniteRange(0, 1)
+LIGHTING = FiniteRange(0, 10)
 
 
 @click.command()
@@ -118,9 +160,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @_opt("--epochs", field="epochs", type=click.IntRange(1), help="Section 5: ~90 epochs.")
 @_opt("--max-steps", field="max_steps", type=click.IntRange(1), help="Stop after this many steps in all (across resumes).")
 @_opt("--batch-size", field="batch_size", type=click.IntRange(1), help="Per model replica (Section 5: 128).")
-@_opt("--lr", field="lr", type=POSITIVE, help="Initial learning rate (Section 5).")
-@_opt("--momentum", field="momentum", type=click.FloatRange(0, 1, max_open=True), help="Section 5.")
-@_opt("--weight-decay", field="weight_decay", type=click.FloatRange(min=0), help="Section 5 (weights only, not biases).")
+@_opt("--lr", field="lr", type=LR, help="Initial learning rate (Section 5).")
+@_opt("--momentum", field="momentum", type=MOMENTUM, help="Section 5.")
+@_opt("--weight-decay", field="weight_decay", type=WEIGHT_DECAY, help="Section 5 (weights only, not biases).")
 @_opt("--schedule", field="schedule", type=click.Choice(SCHEDULES),
       help="'plateau': lr/10 when the validation error stops improving (Section 5); 'step': at --lr-steps.")
 @_opt("--lr-drops", field="lr_drops", type=click.IntRange(0), help="Plateau: at most this many drops (Section 5: 3).")
@@ -130,7 +172,7 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @_opt("--device", field="device", type=click.Choice(DEVICE_CHOICES))
 @click.option("--devices", default=None, callback=_devices,
               help="Column placement, e.g. cuda:0,cuda:1 (one column per GPU).")
-@_opt("--width", field="width", type=POSITIVE, help="Channel multiplier; 1.0 is the paper's net.")
+@_opt("--width", field="width", type=WIDTH, help="Channel multiplier; 1.0 is the paper's net.")
 @_opt("--init", field="init", type=click.Choice(INITS),
       help="'caffe': Section 5 with biases 0.1 (learns at full size); 'paper': Section 5 literally "
            "(biases 1; more dead fc7 units, docs/PERFORMANCE.md); 'kaiming': the small-run recipe.")
@@ -149,14 +191,27 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
       help="With --compile: torch.compile's mode ('reduce-overhead' replays CUDA graphs).")
 @_opt("--conv", field="conv", type=click.Choice(CONVS),
       help="'grouped': each layer of both columns as one grouped op when they share a GPU (same maths).")
+@_opt("--handoff", field="handoff", type=click.Choice(HANDOFFS),
+      help="What DALI hands to torch: 'float' (normalised in DALI) or 'uint8' (crops, normalised on the "
+           "device by one fused op); the same numbers to float rounding.")
+@_opt("--cpu-decode", field="cpu_decode", type=FiniteRange(0, 1),
+      help="Share of each batch decoded by libjpeg-turbo on the CPU cores instead of nvJPEG (GPU runs).")
+@_opt("--step-stream/--no-step-stream", field="step_stream",
+      help="Run the training step on a high-priority CUDA stream, ahead of the loader's kernels.")
 @_opt("--seed", field="seed", type=int)
-@_opt("--lighting", field="lighting", type=click.FloatRange(min=0), help="PCA lighting sigma (Section 4.1).")
+@_opt("--lighting", field="lighting", type=LIGHTING, help="PCA lighting sigma (Section 4.1).")
 @_opt("--val-every", field="val_every", type=click.IntRange(1), help="Epochs between validations.")
 @_opt("--log-every", field="log_every", type=click.IntRange(1), help="Steps between metrics rows.")
 @_opt("--checkpoint-every", field="checkpoint_every", type=click.IntRange(0),
       help="Steps between extra checkpoints (0: at epoch ends only).")
+@_opt("--keep-checkpoints", field="keep_checkpoints", type=click.IntRange(0),
+      help="Newest OUT/checkpoint-<step>.pt files kept besides last.pt and best.pt (455 MB each at full "
+           "size; 0: keep every one).")
 @_opt("--threads", field="num_threads", type=click.IntRange(1),
       help="DALI worker threads (default: this process's share of the CPU cores).")
+@_opt("--verify-shards/--no-verify-shards", field="verify_shards",
+      help="Check every shard's sha256 against the manifest before training (one core hashes 1-1.4 GB/s; "
+           "in parallel; remembered in OUT/shard-hashes.json, so a resume does not hash again).")
 @click.option("--resume", is_flag=True, help="Continue exactly from OUT/last.pt.")
 @click.option("--apply-changes", is_flag=True,
               help="With --resume: apply the settings given that differ from the run's (else refused); "
@@ -187,13 +242,45 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
         raise UserError(f"--resume: {last} does not exist (start without --resume)")
     if not resume and os.path.exists(last):
         raise UserError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
-    from train.checkpoint import CheckpointNotWritten
-    from train.trainer import Trainer, TrainingDiverged
-
     settings.update(compile=compile_, num_threads=threads)
     if resume:  # options left out continue as the run was trained; those given are checked by the trainer
         settings.update(_saved_settings(last, settings))
     cfg = TrainConfig(shards=shards, out=out, resume=resume, apply_changes=apply_changes, **settings)
+    with _no_empty_run(out):  # a run refused or failed before it wrote anything leaves no folder
+        trainer = _run_trainer(cfg)
+    if trainer.main:
+        click.echo(f"train: done at step {trainer.step} (epoch {trainer.epoch}); last checkpoint {out}/last.pt")
+
+
+# what a fresh run writes before it has trained anything (RUN/.lock goes when the trainer closes)
+_NOTHING_YET = {"config.json", "metrics.jsonl", "shard-hashes.json"}
+
+
+@contextlib.contextmanager
+def _no_empty_run(out):
+    """Remove `out` when the block fails and `out` did not exist before and holds only what a
+    run writes at its start (config.json, an empty metrics.jsonl, the shards' hashes): a refused
+    or failed `train` writes nothing. A run that logged a step or wrote a checkpoint is kept."""
+    fresh = not os.path.exists(out)
+    try:
+        yield
+    except BaseException:
+        if fresh and os.path.isdir(out):
+            names = set(os.listdir(out))
+            metrics = os.path.join(out, "metrics.jsonl")
+            if names <= _NOTHING_YET and not (os.path.exists(metrics) and os.path.getsize(metrics)):
+                for name in names:
+                    os.remove(os.path.join(out, name))
+                os.rmdir(out)
+        raise
+
+
+def _run_trainer(cfg):
+    """Build the Trainer (bad settings, shards or devices: one line, exit 2), say what it
+    trains, fit (a NaN loss or a refused checkpoint: one line, exit 1), close; the Trainer."""
+    from train.checkpoint import CheckpointNotWritten
+    from train.trainer import Trainer, TrainingDiverged
+
     trainer = _library_errors(Trainer, cfg)  # settings, shards, a missing DALI
     if trainer.main:
         from train.model import count_parameters
@@ -203,15 +290,14 @@ def train(shards, out, resume, apply_changes, compile_, threads, **settings):
             f" ({cfg.columns} column(s), {'LRN' if cfg.lrn else 'no LRN'}, {cfg.pool} pooling)"
         click.echo(f"train: AlexNet{net} of {count_parameters(trainer.model):,} parameters, width {cfg.width}, "
                    f"init {cfg.init}, input {cfg.input_norm}, batch {cfg.batch_size} x {trainer.world} replica(s) "
-                   f"on {where}; {len(trainer.train_loader)} batches/epoch; run dir {out}", err=True)
+                   f"on {where}; {len(trainer.train_loader)} batches/epoch; run dir {cfg.out}", err=True)
     try:
         trainer.fit()
     except (TrainingDiverged, CheckpointNotWritten) as e:  # exit 1: what ran is kept
         raise click.ClickException(str(e)) from None
     finally:
         trainer.close()
-    if trainer.main:
-        click.echo(f"train: done at step {trainer.step} (epoch {trainer.epoch}); last checkpoint {out}/last.pt")
+    return trainer
 
 
 @click.command("eval")
@@ -262,6 +348,9 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
 @_opt("--compile-mode", field="compile_mode", type=click.Choice(COMPILE_MODES),
       help="With --compile: torch.compile's mode ('reduce-overhead' replays CUDA graphs).")
 @_opt("--conv", field="conv", type=click.Choice(CONVS), help="As `alexnet train --conv`.")
+@_opt("--handoff", field="handoff", type=click.Choice(HANDOFFS), help="As `alexnet train --handoff`.")
+@_opt("--cpu-decode", field="cpu_decode", type=FiniteRange(0, 1), help="As `alexnet train --cpu-decode`.")
+@_opt("--step-stream/--no-step-stream", field="step_stream", help="As `alexnet train --step-stream`.")
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per measurement.")
 @click.option("--epochs", type=click.IntRange(2), default=None,
               help="Time the loader feeding the model over this many whole epochs (each apart, and the data "
@@ -273,8 +362,11 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
               help="Also time the training graph cut after each stage: read, decode, crop, mean_image, lighting, torch.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="PNG of img/s per batch for each measurement (with --stages: of each stage's img/s and share).")
-def profile(shards, device, width, init, batch_size, compile_, compile_mode, conv, batches, epochs, warmup, peer_workers,
-            as_json, stages, plot):
+@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+              help="Chrome trace (JSON) of a few fed steps, CUDA kernels included, and a summary of the GPU time "
+                   "of the model's kernels, the loader's, and their overlap.")
+def profile(shards, device, width, init, batch_size, compile_, compile_mode, conv, handoff, cpu_decode, step_stream,
+            batches, epochs, warmup, peer_workers, as_json, stages, plot, trace):
     """Measure input throughput against model throughput on SHARDS, and against a stock loader.
 
     The model runs the training step of `alexnet train` with its defaults (Section 5's SGD).
@@ -290,14 +382,17 @@ def profile(shards, device, width, init, batch_size, compile_, compile_mode, con
 
     _check_shards(shards, TRAIN)
     if plot:
-        _output_file(plot, "--plot")
+        plot = _output_file(plot, "--plot", suffix=".png")
+    if trace:
+        trace = _output_file(trace, "--trace")
     devices, _ = _placement(device)
     say = (lambda m: click.echo(m, err=True))
     cfg = TrainConfig(shards=shards, width=width, init=init, batch_size=batch_size, device=device, compile=compile_,
-                      compile_mode=compile_mode, conv=conv)
+                      compile_mode=compile_mode, conv=conv, handoff=handoff, cpu_decode=cpu_decode,
+                      step_stream=step_stream)
     # the loader is built first: a bad size or a missing DALI is one line before any timing
     r = _library_errors(run_profile, cfg, devices=devices, batches=batches, warmup=warmup, peer_workers=peer_workers,
-                        progress=say, stages=stages, epochs=epochs)
+                        progress=say, stages=stages, epochs=epochs, trace=trace)
     if plot:
         (plot_stages if stages else plot_profile)(r, plot)
         say(f"profile: plot written to {plot}")
@@ -345,12 +440,12 @@ def figures(shards, checkpoint, out, device):
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line instead of the table.")
-@click.option("--plot", type=click.Path(dir_okay=False), default="report.png", show_default=True,
-              help="PNG of the runs' loss and validation error curves.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the runs' loss and validation error curves to this PNG.")
 def report(runs, as_json, plot):
     """RUNS side by side: the settings that differ, best validation error (centre crop and, from
     `alexnet eval --ten-crop`, ten-crop), epochs, wall time and img/s, with the paper's one-CNN
-    row of Table 2 beside them; a Markdown table on stdout and a PNG of the curves.
+    row of Table 2 beside them; a Markdown table on stdout and, with --plot, a PNG of the curves.
 
     \b
     Example:
@@ -358,8 +453,9 @@ def report(runs, as_json, plot):
     """
     from train.report import format_markdown, plot_report, report as make_report, to_json
 
-    _output_file(plot, "--plot")
+    plot = _output_file(plot, "--plot", suffix=".png") if plot else None
     rep = _library_errors(make_report, runs)
-    plot_report(rep, plot)
-    click.echo(f"report: curves written to {plot}", err=True)
+    if plot:
+        plot_report(rep, plot)
+        click.echo(f"report: curves written to {plot}", err=True)
     click.echo(json.dumps(to_json(rep)) if as_json else format_markdown(rep))

@@ -44,7 +44,8 @@ def input_norm_for(init: str) -> str:
 # Settings a --resume may change freely: how long, how often to log and checkpoint, threads, and
 # where the run and the shards are (the shards' content is checked against the checkpoint).
 RESUMABLE_CHANGES = ("shards", "out", "epochs", "max_steps", "log_every", "checkpoint_every", "num_threads",
-                     "resume", "apply_changes", "handoff", "cpu_decode", "step_stream")
+                     "resume", "apply_changes", "handoff", "cpu_decode", "step_stream", "verify_shards",
+                     "keep_checkpoints")
 
 
 @dataclass
@@ -82,7 +83,9 @@ class TrainConfig:
     val_every: int = 1  # epochs between validations
     log_every: int = 20  # steps between metrics rows
     checkpoint_every: int = 0  # steps between checkpoints besides each epoch end (0: epoch ends only)
+    keep_checkpoints: int = 3  # newest checkpoint-<step>.pt kept besides last.pt and best.pt (0: all)
     num_threads: Optional[int] = None  # DALI threads
+    verify_shards: bool = True  # every shard's sha256 against the manifest first (shards.checksum; cached)
     resume: bool = False
     apply_changes: bool = False  # --resume: apply changed settings (recorded in resumes.jsonl) instead of refusing
 

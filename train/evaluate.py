@@ -4,15 +4,9 @@ Ten-crop: "the network makes a prediction by extracting five 224×224 patches (t
 patches and the center patch) as well as their horizontal reflections ... and averaging the
 predictions made by the network's softmax layer on the ten patches" (Section 4.1).
 """
-import contextlib
-
 import torch
 
-
-def autocast_for(device, amp):
-    if amp and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from train.step import autocast_for
 
 
 def softmax(model, images, device, amp=True):

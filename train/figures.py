@@ -220,7 +220,8 @@ class _Figures:
 
     def kernels(self):
         """Figure 3: the conv1 kernels, one block per column."""
-        plot_kernels(self.model.conv1_weight(), self.path("kernels.png"), columns=len(self.model.columns))
+        plot_kernels(self.model.conv1_weight(), self.path("kernels.png"), columns=len(self.model.columns),
+                     places=[str(d) for d in self.model.devices])
         self.out["kernels"] = self.path("kernels.png")
 
     def validation_images(self, n):

@@ -19,7 +19,7 @@ from torch import nn
 from train.config import COLUMNS, CONVS, INITS, INPUT_NORMS, POOLS, input_norm_for
 from train.response_norm import LRN
 
-__all__ = ["AlexNet", "Column", "PaperDropout", "column_sizes", "count_parameters", "input_norm_for"]
+__all__ = ["AlexNet", "Column", "PaperDropout", "column_sizes", "count_parameters", "input_norm_for", "parameter_count"]
 
 # Channels of the whole network at width 1 (both columns together), Section 3.5.
 CONV_CHANNELS = (96, 256, 384, 384, 256)
@@ -117,6 +117,17 @@ def column_sizes(width: float, columns: int):
         return tuple(_per_column(c, width) for c in CONV_CHANNELS), _per_column(FC_HIDDEN, width)
     convs = tuple(_per_column(c, width) for c in CONV_CHANNELS[:4]) + (max(1, round(CONV_CHANNELS[4] * width)),)
     return convs, max(1, round(FC_HIDDEN * width))
+
+
+def parameter_count(num_classes: int = 1000, width: float = 1.0, columns: int = 2) -> int:
+    """The parameters of ``AlexNet(num_classes, width=width, columns=columns)``, counted from the
+    layer sizes without building it (so a net too large for its device is refused before any
+    allocation: train.capacity)."""
+    (c1, c2, c3, c4, c5), hidden = column_sizes(width, columns)
+    column = (3 * 11 * 11 * c1 + c1 + c1 * 5 * 5 * c2 + c2 + columns * c2 * 3 * 3 * c3 + c3
+              + c3 * 3 * 3 * c4 + c4 + c4 * 3 * 3 * c5 + c5
+              + columns * c5 * POOLED_SIZE ** 2 * hidden + hidden + columns * hidden * hidden + hidden)
+    return columns * column + columns * hidden * num_classes + num_classes
 
 
 class AlexNet(nn.Module):

@@ -50,20 +50,23 @@ def kernel_mosaic(kernels, cols=16, scale=4, gap=3, background=1.0):
     return mosaic, (rows, cols)
 
 
-def plot_kernels(weight, out_png, columns=2, cols=16, scale=None, gap=3, title_px=28):
+def plot_kernels(weight, out_png, columns=2, cols=16, scale=None, gap=3, title_px=28, places=None):
     """Figure 3: conv1 kernels (K×3×11×11, column 1 first) as one block per column, stacked.
 
     The mosaics are placed pixel for pixel (`figimage`), so the nearest-neighbour upscaling is
-    what ends up in the PNG; `scale` defaults to 4 for 16 kernels a row, more for fewer. Returns the layout: {"blocks": [{"title", "kernels", "grid",
-    "box": (x0, y0, x1, y1) in PNG pixels}], "size": (W, H)}.
+    what ends up in the PNG; `scale` defaults to about 1000 px a row (6× for the paper's 16
+    kernels a row, more for fewer), so the kernels read at a glance as in the paper. `places`
+    names where each column ran (e.g. "cuda:0", "cpu"), in its block's title. Returns the
+    layout: {"blocks": [{"title", "kernels", "grid", "box": (x0, y0, x1, y1) in PNG pixels}],
+    "size": (W, H)}.
     """
     plt = _agg()
     w = weight.detach().float().cpu().numpy() if hasattr(weight, "detach") else np.asarray(weight)
     if w.shape[0] % columns:
         raise ValueError(f"{w.shape[0]} kernels do not split into {columns} columns")
     per = w.shape[0] // columns
-    if scale is None:  # 4× for the paper's 16 kernels a row; larger for narrow models (≥ ~600 px)
-        scale = max(4, min(10, 600 // (min(cols, per) * w.shape[-1])))
+    if scale is None:  # 6× for the paper's 16 kernels a row; larger for narrow models (~1000 px)
+        scale = max(6, min(16, 1000 // (min(cols, per) * w.shape[-1])))
     mosaics = [kernel_mosaic(w[i * per : (i + 1) * per], cols=cols, scale=scale, gap=gap) for i in range(columns)]
     width = max(m.shape[1] for m, _ in mosaics)
     height = sum(title_px + m.shape[0] for m, _ in mosaics) + gap * (columns - 1) * 2
@@ -72,7 +75,8 @@ def plot_kernels(weight, out_png, columns=2, cols=16, scale=None, gap=3, title_p
     blocks = []
     top = 0  # from the top of the PNG
     for i, (m, grid) in enumerate(mosaics):
-        title = f"column {i + 1} (GPU {i + 1})"
+        place = places[i] if places and i < len(places) else None
+        title = f"column {i + 1}" + (f" (on {place})" if place else "")
         fig.text(0.5, 1 - (top + title_px * 0.55) / height, title, ha="center", va="center", fontsize=11)
         y0 = top + title_px
         # figimage's offsets count from the bottom-left corner, and its rows from the bottom up
@@ -214,13 +218,17 @@ def plot_curves(metrics_path, out_png):
     a1.set_title("loss")
     a1.grid(alpha=0.3)
     lr_rows = [r for r in train if "lr" in r]
+    lr_axis = None
     if lr_rows:
         a3 = a1.twinx()
         a3.plot([r["step"] for r in lr_rows], [r["lr"] for r in lr_rows], "--", color="#7f7f7f", lw=1, label="learning rate")
         lrs = [r["lr"] for r in lr_rows]
         if min(lrs) > 0 and max(lrs) / min(lrs) > 5:
             a3.set_yscale("log")
-        a3.set_ylabel("learning rate", color="#7f7f7f")
+        elif max(lrs) > 0:  # from 0, so that a constant or gently changing rate reads as such
+            a3.set_ylim(0, 1.25 * max(lrs))
+        a3.set_ylabel("learning rate" + (f" (constant {lrs[0]:g})" if min(lrs) == max(lrs) else ""), color="#7f7f7f")
+        lr_axis = tuple(float(v) for v in a3.get_ylim())
         h1, l1 = a1.get_legend_handles_labels()
         h3, l3 = a3.get_legend_handles_labels()
         a1.legend(h1 + h3, l1 + l3, fontsize=8, loc="lower left")
@@ -245,4 +253,4 @@ def plot_curves(metrics_path, out_png):
     fig.tight_layout()
     fig.savefig(out_png, dpi=100, facecolor="white")
     plt.close(fig)
-    return {"train_rows": len(train), "val_rows": len(val)}
+    return {"train_rows": len(train), "val_rows": len(val), "lr_axis": lr_axis}

@@ -6,9 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from train.config import TrainConfig
-from train.evaluate import autocast_for
 from train.model import AlexNet
 from train.optim import PaperSGD, param_groups
+
+
+def autocast_for(device, amp):
+    """bf16 autocast on CUDA when `amp`, else nothing: the training step's, evaluation's and the
+    benchmarks' one mixed-precision context."""
+    if amp and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def memory_format_for(cfg: TrainConfig, device) -> torch.memory_format:

@@ -7,7 +7,6 @@ best.pt. `Trainer.fit` is the loop, top to bottom: epochs, batches, step, log, v
 checkpoint; the counters (step, epoch, batch_in_epoch) change only there.
 """
 import contextlib
-import json
 import math
 import os
 import time
@@ -16,27 +15,25 @@ import torch
 
 from shards.files import exclusive
 from shards.format import TRAIN, VAL
-from train.checkpoint import load_checkpoint, model_settings, point, rng_state, save_checkpoint, set_rng_state, shards_fingerprint
-from train.config import RESUMABLE_CHANGES, TrainConfig
+from shards.store import is_s3_url
+from train.capacity import check_fits
+from train.checkpoint import point, prune_checkpoints, save_checkpoint, shards_fingerprint
+from train.config import TrainConfig
 from train.evaluate import evaluate, from_counts
 from train.launch import Launch, resolve_devices
 from train.metrics import MetricsLog
+from train.resume import checkpoint_state, resume
 from train.schedule import make_schedule
-from train.step import build_model, build_optimizer, compiled, memory_format_for, train_step, uses_cuda_graphs
+from train.step import (StepStream, build_model, build_optimizer, compiled, input_dtype_for, memory_format_for,
+                        train_step, uses_cuda_graphs)
 from train.timing import StepTimes
+
+
+SHARD_HASHES = "shard-hashes.json"  # in the run directory: the shards hashed, by path, size and mtime
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def changed_settings(was: dict, now: TrainConfig) -> dict:
-    """{field: (saved, given)} for the settings a resume may not change silently."""
-    def norm(v):
-        return list(v) if isinstance(v, tuple) else v
-
-    return {k: (was[k], v) for k, v in vars(now).items()
-            if k in was and k not in RESUMABLE_CHANGES and norm(was[k]) != norm(v)}
 
 
 class Trainer:
@@ -68,6 +65,9 @@ class Trainer:
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if self.cuda else "gloo")
         self.manifest = Manifest.load(cfg.shards)
+        check_fits(self.manifest.num_classes, cfg.width, cfg.columns, self.devices)  # before any allocation
+        if cfg.verify_shards and self.main:  # before the first pipeline: DALI may crash on damaged bytes
+            self._check_hashes()
         self.shards_fingerprint = shards_fingerprint(self.manifest)  # stored in every checkpoint
         self.train_loader, self.val_loader = self._loaders()
         self.model = build_model(cfg, self.manifest.num_classes, self.devices, self.rank)
@@ -76,6 +76,7 @@ class Trainer:
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.lr_drops, cfg.patience, cfg.lr_steps,
                                       started_below=0.9 * chance)
         self.net = self._wrap(self.model)
+        self.step_stream = StepStream(self.device, cfg.step_stream)
         self.step = 0  # optimiser steps in all, across resumes
         self.epoch = 0  # the epoch being trained
         self.batch_in_epoch = 0  # batches of `epoch` already trained (for mid-epoch resume)
@@ -85,11 +86,37 @@ class Trainer:
         self._bar = None  # the epoch's progress bar (main rank)
         self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
         if cfg.resume:
-            self._resume()
+            resume(self)  # checked, then every counter and RNG state restored (train.resume)
         else:  # a fresh start: rows left by a run killed before its first checkpoint go
             self.metrics.truncate_after(0)
             if self.main:
                 cfg.save(cfg.out)
+
+    def _check_hashes(self):
+        """Every shard's sha256 against the manifest (shards.checksum), with a progress bar in
+        bytes; RUN/shard-hashes.json remembers what was hashed, so a resume reads nothing again.
+        The sizes first (pipeline.plan.check_split_files): a missing or truncated file is named as such."""
+        from pipeline.plan import check_split_files
+        from shards.checksum import check_shard_hashes
+
+        for split in self.manifest.splits.values():
+            check_split_files(self.cfg.shards, split)
+
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            local = not is_s3_url(self.cfg.shards)
+            total = sum(os.path.getsize(os.path.join(self.cfg.shards, s.tar)) for split in self.manifest.splits.values()
+                        for s in split.shards if local and os.path.exists(os.path.join(self.cfg.shards, s.tar)))
+            bar = tqdm(total=total or None, desc="sha256 of the shards", unit="B", unit_scale=True, leave=False,
+                       disable=None)  # none when stderr is not a terminal
+        try:
+            check_shard_hashes(self.cfg.shards, self.manifest, cache=os.path.join(self.cfg.out, SHARD_HASHES),
+                               progress=bar.update if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _loaders(self):
         from pipeline import build_loader  # the only seam to the data: train never opens a tar
@@ -97,7 +124,9 @@ class Trainer:
         cfg = self.cfg
         common = dict(device=str(self.device) if self.cuda else "cpu", rank=self.rank, world_size=self.world,
                       seed=cfg.seed, num_threads=cfg.num_threads or self.launch.threads(),
-                      memory_format=memory_format_for(cfg, self.device), mean=cfg.input_norm)
+                      memory_format=memory_format_for(cfg, self.device), mean=cfg.input_norm,
+                      handoff=cfg.handoff, cpu_decode=cfg.cpu_decode if self.cuda else 0.0,
+                      dtype=input_dtype_for(cfg, self.device))
         train = build_loader(cfg.shards, TRAIN, cfg.batch_size, lighting=cfg.lighting, **common)
         val = build_loader(cfg.shards, VAL, cfg.batch_size, **common) if VAL in self.manifest.splits else None
         return train, val
@@ -115,6 +144,7 @@ class Trainer:
         """Train until cfg.epochs are done or cfg.max_steps is reached; returns self."""
         cfg = self.cfg
         self._fit_start = time.perf_counter()
+        self._fit_first_step = self.step  # for the run's ETA (`_eta`)
         while self.epoch < cfg.epochs and not self.done():
             self._set_lr(self.schedule.on_epoch(self.epoch))
             losses, times = [], StepTimes(self.device)
@@ -142,8 +172,9 @@ class Trainer:
         return self
 
     def train_step(self, images, labels):
-        return train_step(self.net, self.optimizer, images, labels, self.device, self.cfg.amp,
-                          uses_cuda_graphs(self.cfg))
+        with self.step_stream():
+            return train_step(self.net, self.optimizer, images, labels, self.device, self.cfg.amp,
+                              uses_cuda_graphs(self.cfg))
 
     def elapsed(self) -> float:
         """Seconds of training in all, across resumes (validation and checkpoints included)."""
@@ -182,8 +213,20 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch}", unit="batch",
-                    dynamic_ncols=True, leave=False)
+        return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch} of {self.cfg.epochs}",
+                    unit="batch", dynamic_ncols=True, leave=False)
+
+    def _eta(self) -> str:
+        """The rest of the run (every epoch, or up to --max-steps) at this process's pace so far,
+        validation included, as h:mm:ss."""
+        done = self.step - getattr(self, "_fit_first_step", 0)
+        total = self.cfg.epochs * len(self.train_loader)
+        if self.cfg.max_steps is not None:
+            total = min(total, self.cfg.max_steps)
+        if done <= 0:
+            return "?"
+        s = int((time.perf_counter() - self._fit_start) / done * max(0, total - self.step))
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
     def _log(self, losses, times):
         """One metrics row for the window: mean loss (one sync), img/s, data and compute time."""
@@ -197,7 +240,7 @@ class Trainer:
         self.metrics.write(row)
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{row['images_per_s']:.0f}",
-                                  wait=f"{100 * row['data_wait']:.0f}%")
+                                  wait=f"{100 * row['data_wait']:.0f}%", run_eta=self._eta())
 
     def _check_finite(self, losses):
         """The mean of `losses` (None when empty); TrainingDiverged when it is NaN or infinite."""
@@ -249,85 +292,12 @@ class Trainer:
             torch.distributed.destroy_process_group()
         self._held.close()
 
-    # --- checkpoints ---------------------------------------------------------------------
-    def _state(self):
-        rng = rng_state(self.devices)
-        if self.world > 1:  # every rank's own states, restored by rank on resume
-            everyone = [None] * self.world
-            torch.distributed.all_gather_object(everyone, rng)
-            rng = everyone
-        else:
-            rng = [rng]
-        return {
-            "model": self.model.state_dict(),
-            "model_config": dict(self.model.config),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "best_top1_error": self.best_error,
-            "wall_s": self.elapsed(),
-            "rng": rng,  # one entry per rank
-            "world_size": self.world,
-            "train_config": dict(vars(self.cfg)),
-            "classes": [c.wnid for c in self.manifest.classes],
-            "shards_fingerprint": self.shards_fingerprint,
-        }
-
+    # --- checkpoints (what one holds, and how a resume continues: train.resume) ------------
     def save(self):
         """Write a checkpoint (every rank takes part under DDP); its path on the main rank."""
-        state = self._state()
-        return save_checkpoint(self.cfg.out, state) if self.main else None
-
-    def _resume(self):
-        path = os.path.join(self.cfg.out, "last.pt")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--resume: {path} does not exist (start without --resume)")
-        state = load_checkpoint(path)
-        changed = self._check_resumable(path, state)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if changed:  # --apply-changes: from here on the run uses the new settings, and says so
-            self._apply_changes(state["step"], changed)
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best_error = state.get("best_top1_error", float("inf"))
-        self.wall_s = state.get("wall_s", 0.0)
-        rng = state["rng"]
-        set_rng_state(rng[self.rank] if isinstance(rng, list) else rng, self.devices)
-        self.metrics.truncate_after(self.step)  # rows past the checkpoint are redone
-        if self.main:
-            self.cfg.save(self.cfg.out)  # config.json says what runs from here on
-
-    def _check_resumable(self, path, state) -> dict:
-        """ValueError when `state` cannot continue as this run; the changes --apply-changes allows."""
-        cfg, wnids = self.cfg, [c.wnid for c in self.manifest.classes]
-        mc = model_settings(state["model_config"])
-        if mc != model_settings(self.model.config):
-            raise ValueError(f"--resume: {path} was trained with other model settings {mc}")
-        was = state.get("train_config", {})
-        if was.get("batch_size", cfg.batch_size) != cfg.batch_size or state.get("world_size", 1) != self.world:
-            raise ValueError(f"--resume: {path} was trained with batch size {was.get('batch_size')} on "
-                             f"{state.get('world_size', 1)} replica(s); resume with the same settings")
-        if state.get("classes", wnids) != wnids:
-            raise ValueError(f"--resume: {path} was trained on other classes than {cfg.shards}")
-        if state.get("shards_fingerprint", self.shards_fingerprint) != self.shards_fingerprint:
-            raise ValueError(f"--resume: {cfg.shards} holds other shards than {path} was trained on "
-                             "(their sha256 differ); resume on the same shard directory")
-        changed = changed_settings(was, cfg)
-        if changed and not cfg.apply_changes:
-            said = "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(f"--resume: {path} was trained with other settings ({said}); leave them out to "
-                             "continue as it ran, or add --apply-changes")
-        return changed
-
-    def _apply_changes(self, step, changed):
-        if "lr" in changed:  # the schedule continues from the new rate
-            self.schedule.lr = self.cfg.lr
-            if hasattr(self.schedule, "base"):
-                self.schedule.base = self.cfg.lr
-        if self.main:
-            with open(os.path.join(self.cfg.out, "resumes.jsonl"), "a") as f:
-                f.write(json.dumps({"step": step, "changed": {k: list(v) for k, v in changed.items()}},
-                                   default=str) + "\n")
+        state = checkpoint_state(self)
+        if not self.main:
+            return None
+        path = save_checkpoint(self.cfg.out, state)
+        prune_checkpoints(self.cfg.out, self.cfg.keep_checkpoints)  # the disk stays bounded over 90 epochs
+        return path

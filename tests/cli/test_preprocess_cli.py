@@ -47,7 +47,7 @@ def test_cli_run_summary_and_max_errors_exit_1(src, tmp_path):
     result = cli("preprocess", src, tmp_path / "b", "--workers", "1", "--split", "train", "--max-errors", "0", "-q")
     assert result.exit_code == 1
     assert "more than --max-errors 0" in result.stderr and "errors.jsonl" in result.stderr
-    assert (tmp_path / "b" / "manifest.json").exists()
+    assert not (tmp_path / "b" / "manifest.json").exists()  # a failed preprocess leaves no manifest
 
 
 @pytest.mark.parametrize("stray, files, says", [

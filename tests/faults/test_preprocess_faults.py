@@ -123,6 +123,21 @@ def test_a_full_disk_on_the_manifest_of_a_new_out_leaves_none(ref, tmp_path, mon
     assert not (out / "manifest.json").exists() and not (out / "manifest.json.tmp").exists()
 
 
+def test_more_failures_than_max_errors_leave_no_manifest_and_a_rerun_finishes(ref, tmp_path):
+    """The sample tree has one truncated JPEG: --max-errors 0 fails (exit 1) with errors.jsonl and
+    the finished shards, but no manifest (verify refuses it); a rerun that allows it reuses the
+    shards and ends as an uninterrupted run."""
+    out = tmp_path / "out"
+    result = cli("preprocess", ref[0], out, *ARGS, "--max-errors", "0")
+    one_line_error(result, 1, ["more than --max-errors 0", "no manifest was written", out / "errors.jsonl"])
+    assert not (out / "manifest.json").exists() and (out / "errors.jsonl").exists()
+    assert [r["reason"] for r in _rows(out) if "path" in r] == [r["reason"] for r in _rows(ref[1]) if "path" in r]
+    assert cli("verify", out).exit_code == 2
+    result = cli("preprocess", ref[0], out, *ARGS, "--max-errors", "1")
+    assert result.exit_code == 0 and " reused" in result.stdout, result.output
+    _same_output(out, ref[1])
+
+
 def _die(split, chunk):
     os._exit(9)  # as the kernel's OOM killer ends a process: no exception, no clean-up
 
@@ -266,6 +281,48 @@ def test_jpegs_libjpeg_warns_about_are_listed_kept_or_skipped(ref, tmp_path):
         if not strict:
             assert "2 kept with warnings" in result.stdout and _rows(out)[-1]["summary"]["kept"] == 2
     assert train[False] == train[True] + 2  # the two with extraneous bytes
+
+
+def test_animated_and_tiny_images_are_used_and_listed_as_notes(ref, tmp_path):
+    """An animated GIF keeps its first frame and a source whose shorter side is below 32 px is
+    upscaled, as documented; each is in the shards and listed with "note": true, which counts as
+    no error and which --strict does not change."""
+    import io
+
+    from PIL import Image
+
+    src = _copy(ref[0], tmp_path, "src")
+    failed = {r["path"] for r in _rows(ref[1]) if "path" in r}
+    folder = f"train/{sample_data.wnid(1)}"
+    names = [f"{folder}/{n}" for n in sorted(os.listdir(src / folder)) if f"{folder}/{n}" not in failed][:3]
+    frames = [Image.new("RGB", (64, 48), c) for c in ("red", "green", "blue")]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
+    made = dict(zip(names, [
+        (gif.getvalue(), "animated (3 frames): the first frame is used"),
+        (_encoded(Image.new("RGB", (1, 1), "white"), "PNG"), "1x1: the shorter side is below 32"),
+        (_encoded(Image.new("RGB", (300, 20), "grey"), "JPEG"), "300x20: the shorter side is below 32")]))
+    for path, (data, _) in made.items():
+        (src / path).write_bytes(data)
+    for strict in (False, True):
+        out = tmp_path / f"out{int(strict)}"
+        result = cli("preprocess", src, out, *ARGS, *(("--strict",) if strict else ()))
+        assert result.exit_code == 0 and "3 noted" in result.stdout, result.output
+        rows = {r["path"]: r for r in _rows(out) if "path" in r}
+        for path, (_, says) in made.items():
+            assert rows[path]["note"] is True and says in rows[path]["reason"] and "kept" not in rows[path], rows[path]
+        manifest = json.load(open(out / "manifest.json"))
+        assert manifest["errors"] == json.load(open(ref[1] / "manifest.json"))["errors"]
+        assert manifest["splits"]["train"]["samples"] == json.load(open(ref[1] / "manifest.json"))["splits"]["train"]["samples"]
+        assert _rows(out)[-1]["summary"]["notes"] == 3
+
+
+def _encoded(image, fmt):
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
 
 
 # --- kill and SIGTERM --------------------------------------------------------------------------
