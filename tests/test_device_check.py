@@ -40,6 +40,8 @@ def test_device_check_rehearsal_runs_every_step(tmp_path):
         assert "error" not in row, row
         assert row["alone"] > 0 and row["fed"] > 0 and row["fed_ratio"] == row["fed"] / row["model"]
         assert row["trace"]["steps"] == 8
-    assert "the input is bound by:" in (logs / "profile-stages.log").read_text()
+    profile = json.loads((out / "profile.json").read_text())
+    assert list(profile["stages"]) == ["read", "decode", "crop", "mean_image", "lighting", "torch"]
+    assert profile["fed_ratio"] == profile["end_to_end"]["img_s"] / profile["model"]["img_s"]
     assert "== one-truth: bench_pipeline training loader" in log  # the three figures, side by side
     assert (out / "stages.png").stat().st_size > 10_000
