@@ -99,3 +99,33 @@ def test_profile_over_epochs_with_the_grouped_net(shards):
 def test_profile_epochs_below_two_is_a_usage_error(shards):
     r = CliRunner().invoke(cli, ["profile", shards, "--device", "cpu", "--epochs", "1"])
     assert r.exit_code == 2 and "--epochs" in r.output
+
+
+def test_profile_plot_gives_every_series_a_readable_scale():
+    """issue 20: a reference loader spiking to 19,000 img/s against means near 1,000 flattened
+    the other lines onto the x axis; now each series has its own panel, scaled to it."""
+    import matplotlib.pyplot as plt
+
+    from train.profile import profile_figure
+
+    def series(mean, spikes=()):
+        rates = [mean * (1 + 0.05 * ((i % 3) - 1)) for i in range(40)]
+        for i in spikes:
+            rates[i] = 19_000.0
+        return {"img_s": mean, "per_batch_img_s": rates}
+
+    result = {"pipeline": series(1_100), "model": series(700), "end_to_end": series(650),
+              "peer": series(900, spikes=(3, 17)), "device": "cpu", "batch_size": 32, "width": 0.25,
+              "warmup_batches": 3, "data_wait": 0.05, "fed_ratio": 650 / 700}
+    fig = profile_figure(result)
+    try:
+        axes = fig.axes
+        assert len(axes) == 4
+        for ax, key in zip(axes, ("pipeline", "model", "end_to_end", "peer")):
+            low, high = ax.get_ylim()
+            mean = result[key]["img_s"]
+            assert low == 0 and mean < high < 1.5 * mean, (key, high)  # the mean line sits in the panel's upper part
+            assert f"{mean:,.0f} img/s" in ax.get_title()
+        assert "fed / model alone = 0.93x" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
