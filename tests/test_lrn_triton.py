@@ -146,9 +146,9 @@ def test_empty_and_errors():
     y = lrn_triton(x)
     y.sum().backward()
     assert y.shape == x.shape and x.grad.shape == x.shape
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"lrn expects \(N, C, \*\) input, got shape \(3,\)"):
         lrn_triton(torch.ones(3, device=DEV))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="lrn size must be >= 1, got 0"):
         lrn_triton(torch.ones(1, 3, device=DEV), size=0)
 
 

@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from train.response_norm import check_lrn_args
+
 __all__ = ["lrn_triton", "LRNTritonFunction", "CONFIG"]
 
 # Tuning knobs (the benchmark may change them). Tile = BLOCK_P pixels x next_pow2(C) channels.
@@ -111,15 +113,10 @@ def _shifted_sum(v, ch, LO: tl.constexpr, HI: tl.constexpr,
 
 
 @triton.jit
-def _lrn_fwd_kernel(X, Y, C, HW,
-                    sxn, sxc, sxp, syn, syc, syp,
-                    alpha, beta, k,
-                    BEFORE: tl.constexpr, AFTER: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-                    USE_GATHER: tl.constexpr, BETA_IS_075: tl.constexpr):
-    alpha = tl.cast(alpha, tl.float32)    # torch.compile passes Python floats as fp64
-    beta = tl.cast(beta, tl.float32)
-    k = tl.cast(k, tl.float32)
+def _setup(X, C, HW, sxn, sxp, alpha, beta, k, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """What both kernels start from: alpha, beta, k as float32 (torch.compile passes Python floats
+    as fp64), then this program's tile: image n, its pixels hw (int64), the channels ch, the pixel
+    mask, the pixel x channel mask, and x's row pointers (one per pixel)."""
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
     pid_c = tl.program_id(2)
@@ -127,21 +124,32 @@ def _lrn_fwd_kernel(X, Y, C, HW,
     ch = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     pmask = pix < HW
     hw = pix.to(tl.int64)
+    cmask = pmask[:, None] & (ch < C)[None, :]
     xrow = X + (n * sxn + hw * sxp)[:, None]
+    return (tl.cast(alpha, tl.float32), tl.cast(beta, tl.float32), tl.cast(k, tl.float32),
+            n, hw, ch, pmask, cmask, xrow)
+
+
+@triton.jit
+def _lrn_fwd_kernel(X, Y, C, HW,
+                    sxn, sxc, sxp, syn, syc, syp,
+                    alpha, beta, k,
+                    BEFORE: tl.constexpr, AFTER: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    USE_GATHER: tl.constexpr, BETA_IS_075: tl.constexpr):
+    alpha, beta, k, n, hw, ch, pmask, cmask, xrow = _setup(X, C, HW, sxn, sxp, alpha, beta, k, BLOCK_P, BLOCK_C)
     if USE_GATHER:
         # the tile holds all channels (BLOCK_C >= C, one channel block): square once, shift
         # the squares in registers
-        m = pmask[:, None] & (ch < C)[None, :]
-        xc = tl.load(xrow + ch[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
+        xc = tl.load(xrow + ch[None, :] * sxc, mask=cmask, other=0.0).to(tl.float32)
         acc = _shifted_sum(xc * xc, ch, BEFORE, AFTER, BLOCK_P, BLOCK_C)
     else:
         acc, xc = _window_squares(xrow, ch, pmask, C, sxc, BEFORE, AFTER, BLOCK_P, BLOCK_C)
     s = k + alpha * acc
     p, _ = _pow_neg(s, BETA_IS_075, beta)
     y = xc * p
-    om = pmask[:, None] & (ch < C)[None, :]
     yptr = Y + (n * syn + hw * syp)[:, None] + ch[None, :] * syc
-    tl.store(yptr, y.to(Y.dtype.element_ty), mask=om)
+    tl.store(yptr, y.to(Y.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -151,19 +159,8 @@ def _lrn_bwd_kernel(X, G, DX, C, HW,
                     BEFORE: tl.constexpr, AFTER: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                     USE_GATHER: tl.constexpr, BETA_IS_075: tl.constexpr):
-    alpha = tl.cast(alpha, tl.float32)    # torch.compile passes Python floats as fp64
-    beta = tl.cast(beta, tl.float32)
-    k = tl.cast(k, tl.float32)
-    pid_p = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    pid_c = tl.program_id(2)
-    pix = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)      # pixels of image n: contiguous run
-    ch = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    pmask = pix < HW
-    hw = pix.to(tl.int64)
-    xrow = X + (n * sxn + hw * sxp)[:, None]
+    alpha, beta, k, n, hw, ch, pmask, cmask, xrow = _setup(X, C, HW, sxn, sxp, alpha, beta, k, BLOCK_P, BLOCK_C)
     grow = G + (n * sgn + hw * sgp)[:, None]
-    cmask = pmask[:, None] & (ch < C)[None, :]
     gc = tl.load(grow + ch[None, :] * sgc, mask=cmask, other=0.0).to(tl.float32)
     if USE_GATHER:
         # own channels: s, p = s^-beta, r = g x s^(-beta-1); then the mirrored window sum of r
@@ -340,10 +337,7 @@ def lrn_triton(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float 
     Equals ``nn.LocalResponseNorm(size, alpha * size, beta, k)(x)``. fp32/fp16/bf16 are
     computed in fp32 and returned in x's dtype; other dtypes go through PyTorch's op.
     """
-    if x.dim() < 2:
-        raise ValueError(f"lrn expects (N, C, *) input, got shape {tuple(x.shape)}")
-    if size < 1:
-        raise ValueError(f"lrn size must be >= 1, got {size}")
+    check_lrn_args(x, size)
     if x.dtype not in _SUPPORTED or (x.shape[0] > 65535 and x[0, 0].numel() > 1):
         # (images are the grid's second axis, at most 65535 of them)
         x3 = x.unsqueeze(-1) if x.dim() == 2 else x

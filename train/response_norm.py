@@ -112,6 +112,14 @@ def _load_triton():
     return _triton_lrn
 
 
+def check_lrn_args(x: torch.Tensor, size: int) -> None:
+    """ValueError unless x is (N, C, *) and size >= 1 (the checks of both public lrn functions)."""
+    if x.dim() < 2:
+        raise ValueError(f"lrn expects (N, C, *) input, got shape {tuple(x.shape)}")
+    if size < 1:
+        raise ValueError(f"lrn size must be >= 1, got {size}")
+
+
 def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
         k: float = 2.0) -> torch.Tensor:
     """The paper's local response normalisation over dim 1 of ``x`` (N, C, *), any layout.
@@ -120,10 +128,7 @@ def lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
     size; the paper does not). float16/bfloat16 inputs are computed in float32 on the CPU path
     (squares of 0-255-scale activations overflow float16) and returned in their own dtype.
     """
-    if x.dim() < 2:
-        raise ValueError(f"lrn expects (N, C, *) input, got shape {tuple(x.shape)}")
-    if size < 1:
-        raise ValueError(f"lrn size must be >= 1, got {size}")
+    check_lrn_args(x, size)
     if x.is_cuda:
         kernel = _load_triton()
         if kernel:

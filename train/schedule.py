@@ -6,7 +6,17 @@ and reduced three times prior to termination."
 """
 
 
-class PlateauSchedule:
+class _Schedule:
+    """What a checkpoint keeps of a schedule: its attributes, as a plain dict."""
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, d):
+        vars(self).update(d)
+
+
+class PlateauSchedule(_Schedule):
     """Divide the rate by 10 after `patience` validations without improvement, at most `drops` times.
 
     "Stopped improving" presumes it had started: validations count towards `patience` only once
@@ -41,14 +51,8 @@ class PlateauSchedule:
                 self.bad = 0
         return self.lr
 
-    def state_dict(self):
-        return dict(vars(self))
 
-    def load_state_dict(self, d):
-        vars(self).update(d)
-
-
-class StepSchedule:
+class StepSchedule(_Schedule):
     """Divide the rate by 10 at fixed epochs (a reproducible stand-in for the manual heuristic)."""
 
     def __init__(self, lr, steps=(30, 60, 80)):
@@ -61,12 +65,6 @@ class StepSchedule:
 
     def on_validation(self, error):
         return self.lr
-
-    def state_dict(self):
-        return dict(vars(self))
-
-    def load_state_dict(self, d):
-        vars(self).update(d)
 
 
 def make_schedule(name, lr, drops=3, patience=2, steps=(30, 60, 80), started_below=1.0):
