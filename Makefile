@@ -25,8 +25,8 @@ demo: install
 	$(BIN)/alexnet demo --out $(DEMO_OUT)
 
 test: install
-	@$(BIN)/python -c "import nvidia.dali, webdataset, triton" || \
-	  { echo "make test: DALI, webdataset and triton must be installed, or their tests would be skipped"; exit 1; }
+	@$(BIN)/python -c "import nvidia.dali, webdataset, triton, boto3, moto.server" || \
+	  { echo "make test: DALI, webdataset, triton, boto3 and moto[server] must be installed, or their tests would be skipped"; exit 1; }
 	$(BIN)/python -m pytest -q
 
 clean:

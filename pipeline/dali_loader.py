@@ -81,6 +81,7 @@ class DaliLoader(EpochLoader):
     _next: object = field(default=None, repr=False)  # (epoch, Future of (pipeline, iterator))
     _builder: object = field(default=None, repr=False)
     _handoff: object = field(default=None, repr=False)  # pipeline.handoff.Handoff (uint8 hand-off)
+    cache: object = field(default=None, repr=False)  # pipeline.cache.ShardCache of an s3:// directory
 
     @property
     def device(self) -> torch.device:
@@ -112,11 +113,15 @@ class DaliLoader(EpochLoader):
                     break
                 if b == 0 and self.spec.prepare_next:
                     self._prepare(self.epoch)  # the epoch a plain loop iterates next
+                elif b == 0 and self.cache is not None:
+                    self._download_ahead(self.epoch)  # its slice only: no pipeline built on the cores
                 yield finish(batch[0]["images"], b * self.spec.batch_size), self._labels(batch[0]["labels"])
         except RuntimeError as e:  # DALI's reader or decoder: the shards are damaged
             failure = read_error(self.spec, e)
         finally:
             del it, pipe
+            if self.cache is not None:  # the pipeline is gone: its tars may be evicted
+                self.cache.release(epoch)
         if failure is not None:  # raised here, with no reference left to DALI's broken pipeline
             raise failure
 
@@ -125,6 +130,8 @@ class DaliLoader(EpochLoader):
         ready, self._next = self._next, None
         if ready is not None:
             ready[1].cancel()
+            if self.cache is not None:
+                self.cache.release(ready[0])
         if self._builder is not None:
             self._builder.shutdown(wait=True)
             self._builder = None
@@ -159,15 +166,46 @@ class DaliLoader(EpochLoader):
             self._builder = ThreadPoolExecutor(1, thread_name_prefix="dali-next-epoch")
         self._next = (epoch, self._builder.submit(self._open, epoch))
 
+    def _download_ahead(self, epoch):
+        """Download epoch `epoch`'s slice into the cache in the background (its pipeline is built
+        when the epoch starts; `_open` then finds the files, or waits on their locks)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(1, thread_name_prefix="dali-next-epoch")
+        piece = self.epoch_slice(epoch)
+        self._builder.submit(self.cache.fetch, piece, epoch)
+
+    def epoch_slice(self, epoch):
+        """The shards this rank's reader is given in `epoch` (pipeline.cache.EpochSlice)."""
+        from pipeline.cache import epoch_slice
+
+        s, plan = self.spec, self.plan(epoch)
+        shards = s.in_epoch_order(self.manifest.split(s.split).shards, epoch)
+        return epoch_slice(shards, plan.start, plan.stop)
+
+    def _cached_files(self, epoch):
+        """(tars, indexes) of this rank's slice of `epoch`, local and verified (pipeline.cache)."""
+        from pipeline.cache import HORIZON
+
+        self.cache.plan_reads({e: self.epoch_slice(e).shards for e in range(epoch + 1, epoch + 1 + HORIZON)})
+        return self.cache.fetch(self.epoch_slice(epoch), epoch)
+
     def graph(self, epoch, stop="views"):
         """The DALI graph of `epoch` (pipeline.graph), cut after `stop` (pipeline.stages)."""
         from pipeline.graph import EpochGraph
 
         s, plan = self.spec, self.plan(epoch)
-        pairs = s.in_epoch_order(self.manifest.shard_paths(s.out, s.split), epoch)
         seed = int(np.random.SeedSequence([s.seed, s.rank, epoch, 1]).generate_state(1)[0] & 0x7FFFFFFF)
+        if self.cache is not None:  # s3://: the slice's local copies alone, as one slice of one
+            tars, indexes = self._cached_files(epoch)
+            shard_id, num_shards = 0, 1
+        else:
+            pairs = s.in_epoch_order(self.manifest.shard_paths(s.out, s.split), epoch)
+            tars, indexes = [t for t, _ in pairs], [i for _, i in pairs]
+            shard_id, num_shards = plan.shard_id, None
         return EpochGraph(
-            spec=s, tars=[t for t, _ in pairs], indexes=[i for _, i in pairs], shard_id=plan.shard_id,
+            spec=s, tars=tars, indexes=indexes, shard_id=shard_id, num_shards=num_shards,
             slice_samples=plan.stop - plan.start, seed=seed, device_id=self._device_id(),
             mean_image=self.norm.mean_image, channel_mean=self.norm.channel_mean.tolist(),
             channel_std=self.norm.channel_std.tolist(), stop=stop,
@@ -259,12 +297,23 @@ def build_loader(OUT, split, batch_size, device="cpu", **options) -> DaliLoader:
             prefetch, prepare_next (default: training loaders on a GPU), shuffle_buffer,
             handoff ("float": normalised in DALI; "uint8": crops, normalised by one fused op
             on the device, pipeline.handoff), cpu_decode (share of each batch decoded on the
-            CPU cores, GPU loaders), hw_decoder_load.
+            CPU cores, GPU loaders), hw_decoder_load, cache_dir and cache_limit (s3:// shards:
+            the local shard cache, pipeline.cache; bytes or a size such as "40G").
     """
+    from shards.store import is_s3_url
+
     spec = loader_spec(OUT, split, batch_size, device=device, **options)
+    cache = None
+    if is_s3_url(spec.out):  # an unwritable cache folder: exit 2 before any work
+        from pipeline.cache import ShardCache
+
+        cache = ShardCache(spec.out, spec.cache_dir, spec.cache_limit)
     manifest = open_split(spec)
     norm = load_normalisation(OUT, manifest, spec.mean)
     from pipeline.graph import require_dali
 
     require_dali()
-    return DaliLoader(spec, manifest, norm)
+    loader = DaliLoader(spec, manifest, norm, cache=cache)
+    if cache is not None:  # a limit below one slice and the next: one line, before any download
+        cache.check_limit([loader.epoch_slice(e).shards for e in range(2 * spec.world_size)], spec.out)
+    return loader

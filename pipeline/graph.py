@@ -72,6 +72,7 @@ class EpochGraph:
     channel_mean: Sequence[float]  # 0–255 units (mean="channel")
     channel_std: Sequence[float]  # 0–255 units (mean="channel")
     stop: str = "views"  # the last cut built (CUTS); "views" is the whole graph
+    num_shards: Optional[int] = None  # slices the tars are cut into (None: spec.world_size; 1: the tars are the slice)
 
     @property
     def gpu(self) -> bool:
@@ -141,7 +142,8 @@ def read(graph: EpochGraph):
     spec = graph.spec
     return fn.readers.webdataset(
         name=READER_NAME, paths=list(graph.tars), index_paths=list(graph.indexes), ext=["jpg", "cls"],
-        missing_component_behavior="error", shard_id=graph.shard_id, num_shards=spec.world_size,
+        missing_component_behavior="error", shard_id=graph.shard_id,
+        num_shards=graph.num_shards or spec.world_size,
         random_shuffle=spec.shuffle, initial_fill=max(1, min(spec.shuffle_buffer, graph.slice_samples)),
         pad_last_batch=True,
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -101,6 +101,8 @@ class LoaderSpec:
     handoff: str = "float"  # what DALI hands to torch: "float" (normalised) or "uint8" (crops; torch normalises)
     cpu_decode: float = 0.0  # share of each batch decoded by libjpeg-turbo on the CPU cores (GPU loaders)
     hw_decoder_load: float = 0.65  # share of the GPU-decoded JPEGs for nvJPEG's hardware decoder
+    cache_dir: Optional[str] = None  # s3:// shards: the local shard cache's folder (pipeline.cache)
+    cache_limit: Optional[int] = None  # s3:// shards: bytes the cache may hold (None: no limit)
 
     @property
     def gpu(self) -> bool:
@@ -118,7 +120,7 @@ class LoaderSpec:
 def loader_spec(out, split, batch_size, rank=0, world_size=1, seed=0, augment=None, lighting=None, mean="image",
                 ten_crop=False, shuffle=None, drop_last=None, device="cpu", dtype=None, memory_format=None,
                 num_threads=None, prefetch=2, prepare_next=None, shuffle_buffer=4096, handoff="float",
-                cpu_decode=0.0, hw_decoder_load=0.65) -> LoaderSpec:
+                cpu_decode=0.0, hw_decoder_load=0.65, cache_dir=None, cache_limit=None) -> LoaderSpec:
     """The one place a loader's options are resolved: the split-dependent defaults filled in and
     every value checked (ValueError naming the option). See `LoaderSpec` for each option."""
     import torch
@@ -148,6 +150,11 @@ def loader_spec(out, split, batch_size, rank=0, world_size=1, seed=0, augment=No
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"{name}={count!r}: expected a positive integer")
     device = _device(device)
+    from pipeline.cache import default_cache_dir, parse_size
+
+    cache_limit = parse_size(cache_limit)
+    if cache_limit is not None and cache_limit < 0:
+        raise ValueError(f"cache_limit={cache_limit!r}: expected a size >= 0")
     shuffle = train if shuffle is None else bool(shuffle)
     return LoaderSpec(
         out=str(out), split=split, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed,
@@ -159,7 +166,8 @@ def loader_spec(out, split, batch_size, rank=0, world_size=1, seed=0, augment=No
         # competes with the running epoch for the same cores (measured on 2 cores: no gain)
         prepare_next=(device.startswith("cuda") and shuffle) if prepare_next is None else bool(prepare_next),
         shuffle_buffer=shuffle_buffer, handoff=handoff, cpu_decode=float(cpu_decode),
-        hw_decoder_load=float(hw_decoder_load),
+        hw_decoder_load=float(hw_decoder_load), cache_dir=str(cache_dir or default_cache_dir()),
+        cache_limit=cache_limit,
     )
 
 

@@ -14,6 +14,11 @@ each request that long, to see what a store farther than loopback does to DALI's
     python scripts/bench_s3.py                            # ~1000 generated samples, local moto
     python scripts/bench_s3.py --latency-ms 2,10          # also through a 2 ms and a 10 ms relay
     python scripts/bench_s3.py --shards /data/shards --s3 s3://bucket/shards --json
+    python scripts/bench_s3.py --samples 3072 --latency-ms 20 --epochs 3   # the cache vs disk, whole epochs
+
+With --epochs (default 3), each source is also timed over whole training epochs from the loader's
+build (s3:// through a fresh local shard cache, pipeline.cache: its first download included);
+"vs disk" is that rate over the disk's. The read/loader rows of s3:// also go through the cache.
 
 MB/s counts the tar bytes per sample (tar size / samples; the members DALI reads plus headers).
 """
@@ -72,6 +77,26 @@ def measure_loader(shards, batch, threads, warmup, batches, shuffle_buffer, pref
     return rate
 
 
+def measure_epochs(shards, batch, threads, epochs, shuffle_buffer, prefetch):
+    """(img/s over `epochs` whole epochs, from the loader's build to its last batch; seconds to the
+    first batch): for s3:// through a fresh local shard cache (pipeline.cache), so the first
+    epoch's download is inside the time."""
+    from pipeline import build_loader
+
+    with tempfile.TemporaryDirectory(prefix="bench-s3-cache-") as cache:
+        t = time.perf_counter()
+        loader = build_loader(shards, "train", batch, device="cpu", lighting=0.1, num_threads=threads,
+                              prefetch=prefetch, shuffle_buffer=shuffle_buffer, cache_dir=cache)
+        images, first = 0, None
+        for epoch in range(epochs):
+            for x, _ in loader:
+                images += len(x)
+                first = first if first is not None else time.perf_counter() - t
+        rate = images / (time.perf_counter() - t)
+        loader.close()
+    return rate, first
+
+
 def count_gets(log_path):
     """GET requests of tars in the server's log so far (moto_server logs one line per request)."""
     if not log_path:
@@ -97,6 +122,7 @@ def main(argv=None):
                    help="samples in the reader's shuffle buffer: small, so that the timed batches are read while "
                         "they are timed, not from a buffer filled before")
     p.add_argument("--prefetch", type=int, default=2, help="batches DALI prepares ahead (prefetch_queue_depth)")
+    p.add_argument("--epochs", type=int, default=3, help="whole epochs timed per source (0: none), first batch included")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one source, print JSON
     p.add_argument("--log", help=argparse.SUPPRESS)  # internal: the server's log, to count GETs
     a = p.parse_args(argv)
@@ -105,8 +131,12 @@ def main(argv=None):
         reads = [measure_reader(*args, log=a.log) for _ in range(a.repeats)]
         loads = [measure_loader(*args) for _ in range(a.repeats)]
         gets = [g for _, g in reads if g is not None]
+        runs = [measure_epochs(a.measure, a.batch_size, a.threads, a.epochs, a.shuffle_buffer, a.prefetch)
+                for _ in range(a.repeats)] if a.epochs else [(0.0, 0.0)]
         print(json.dumps({"read": statistics.median(r for r, _ in reads), "loader": statistics.median(loads),
-                          "gets_per_sample": statistics.median(gets) if gets else None}))
+                          "gets_per_sample": statistics.median(gets) if gets else None,
+                          "epochs": statistics.median(r for r, _ in runs),
+                          "first_batch_s": statistics.median(f for _, f in runs)}))
         return
 
     from bench_pipeline import generate
@@ -159,13 +189,14 @@ def main(argv=None):
             sources[f"s3+{ms}ms"] = (url, f"http://127.0.0.1:{relay.port}")
         rows = {}
         for name, (where, endpoint) in sources.items():
-            env = dict(os.environ)
+            env = dict(os.environ)  # the read/loader rows' default shard cache: a fresh one per source, not ~/.cache
+            env["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix=f"cache-{name}-", dir=tmp.name if tmp else None)
             if endpoint:
                 env["AWS_ENDPOINT_URL"] = endpoint
             # a process per source: DALI's S3 client reads AWS_ENDPOINT_URL once per process
             command = [sys.executable, os.path.abspath(__file__), "--measure", where, "--batch-size", str(a.batch_size),
                        "--warmup", str(a.warmup), "--batches", str(batches), "--threads", str(threads),
-                       "--repeats", str(a.repeats), "--shuffle-buffer", str(a.shuffle_buffer), "--prefetch", str(a.prefetch)]
+                       "--repeats", str(a.repeats), "--epochs", str(a.epochs), "--shuffle-buffer", str(a.shuffle_buffer), "--prefetch", str(a.prefetch)]
             if log and name != "disk":
                 command += ["--log", log]
             child = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -176,7 +207,9 @@ def main(argv=None):
             rows[name] = {"read_img_s": round(read, 1), "read_MB_s": round(read * tar_bytes / 1e6, 2),
                           "loader_img_s": round(load, 1), "loader_MB_s": round(load * tar_bytes / 1e6, 2),
                           "gets_per_sample": round(per_sample, 2) if per_sample is not None else None,
-                          "ms_per_get": round(1e3 / (read * per_sample), 2) if per_sample else None}
+                          "ms_per_get": round(1e3 / (read * per_sample), 2) if per_sample else None,
+                          "epochs_img_s": round(m["epochs"], 1), "first_batch_s": round(m["first_batch_s"], 2)}
+            rows[name]["vs_disk"] = round(m["epochs"] / rows["disk"]["epochs_img_s"], 3) if m["epochs"] else None
             say(f"{name}: {rows[name]}")
         for relay in relays:
             relay.close()
@@ -198,12 +231,13 @@ def main(argv=None):
           f"{batches} timed batches, median of {a.repeats}; S3: {result['server']} "
           f"(upload {result['upload_MB_s']} MB/s)")
     print(f"{'source':<12} {'read img/s':>10} {'read MB/s':>10} {'loader img/s':>13} {'loader MB/s':>12} "
-          f"{'GET/sample':>11} {'ms/GET':>7}")
+          f"{'GET/sample':>11} {'ms/GET':>7} {'epochs img/s':>13} {'1st batch s':>12} {'vs disk':>8}")
     for name, r in rows.items():
         g = "" if r["gets_per_sample"] is None else f"{r['gets_per_sample']:.2f}"
         m = "" if r["ms_per_get"] is None else f"{r['ms_per_get']:.2f}"
         print(f"{name:<12} {r['read_img_s']:>10.1f} {r['read_MB_s']:>10.2f} {r['loader_img_s']:>13.1f} "
-              f"{r['loader_MB_s']:>12.2f} {g:>11} {m:>7}")
+              f"{r['loader_MB_s']:>12.2f} {g:>11} {m:>7} {r['epochs_img_s']:>13.1f} {r['first_batch_s']:>12.2f} "
+              f"{r['vs_disk'] or 0:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -59,3 +59,15 @@ def test_crop_geometry_and_ten_crop_views():
     # the mirrored five: torchvision's TenCrop order, the mirror of each of the first five views
     for (x, y, _), (mx, my, m) in zip(TEN_CROP_VIEWS[:5], TEN_CROP_VIEWS[5:]):
         assert m == 1 and (mx, my) == (STRIDE - x, y)
+
+
+def test_draws_follow_the_documented_streams():
+    """The module's recipe, written out here: SeedSequence([seed, rank, epoch]) spawns two
+    children, the first for the corners and flips (one (n, 3) call), the second for α, so the
+    lighting's numbers are a stream of their own, not the crops' bits read again."""
+    crop_seq, light_seq = np.random.SeedSequence([7, 1, 3]).spawn(2)
+    xym = np.random.default_rng(crop_seq).integers(0, [32, 32, 2], size=(500, 3), dtype=np.int32)
+    alpha = np.random.default_rng(light_seq).normal(0.0, 0.1, size=(500, 3))
+    d = epoch_draws(7, 1, 3, 500, augment=True, sigma=0.1)
+    np.testing.assert_array_equal(np.stack([d.x0, d.y0, d.mirror], 1), xym)
+    np.testing.assert_array_equal(d.alpha, alpha)

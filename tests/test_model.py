@@ -103,43 +103,51 @@ def test_conv1_weight_is_column_1_then_column_2():
     assert torch.equal(w[12:], model.columns[1].conv1.weight)
 
 
-def test_columns_meet_only_at_conv3_fc6_fc7():
-    """Changing column 2 before conv3 leaves column 1's conv2 alone and reaches its conv3;
-    changing column 2's conv3 leaves column 1's conv4 and conv5 alone and reaches its fc6."""
+@pytest.mark.parametrize("src,dst", [(1, 0), (0, 1)])
+def test_columns_meet_only_at_conv3_fc6_fc7_and_fc8(src, dst):
+    """Both ways (column `src` changed, column `dst` watched): a change before conv3 leaves the
+    other column's conv2 alone and reaches its conv3; a change of conv3 leaves the other's
+    conv3-conv5 alone and reaches its fc6; fc6 reaches the other's fc7, not its fc6; and every
+    change, fc7's included, reaches the logits (fc8 reads both columns' fc7)."""
     torch.manual_seed(0)
     model = AlexNet(num_classes=5, width=0.125, init="kaiming").eval()
     names = [f"columns.{c}.{layer}" for c in (0, 1) for layer in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7")]
-    seen = record_outputs(model, names)
+    seen = record_outputs(model, names + ["fc8"])
     x = images(2)
+    mine, other = f"columns.{src}", f"columns.{dst}"
 
-    def run():
+    def change(layer):
+        """Outputs before and after scaling column `src`'s `layer` weights by -1.5."""
         with torch.no_grad():
             model(x)
-        return dict(seen)
+            before = dict(seen)
+            model.get_submodule(f"{mine}.{layer}").weight.mul_(-1.5)
+            model(x)
+        return before, dict(seen)
 
-    before = run()
-    with torch.no_grad():
-        model.columns[1].conv1.weight.mul_(-1.5)          # column 2's conv2 input changes
-    after = run()
-    assert torch.equal(after["columns.0.conv2"], before["columns.0.conv2"])
-    assert not torch.allclose(after["columns.1.conv2"], before["columns.1.conv2"])
-    assert not torch.allclose(after["columns.0.conv3"], before["columns.0.conv3"])
+    def same(a, b, name):
+        return torch.equal(a[name], b[name])
 
-    before = after
-    with torch.no_grad():
-        model.columns[1].conv3.weight.mul_(-1.5)
-    after = run()
+    def moved(a, b, name):
+        return not torch.allclose(a[name], b[name])
+
+    before, after = change("conv1")                     # column src's conv2 input changes
+    assert same(before, after, f"{other}.conv2") and moved(before, after, f"{mine}.conv2")
+    assert moved(before, after, f"{other}.conv3") and moved(before, after, "fc8")
+
+    before, after = change("conv3")
     for layer in ("conv2", "conv3", "conv4", "conv5"):
-        assert torch.equal(after[f"columns.0.{layer}"], before[f"columns.0.{layer}"]), layer
-    assert not torch.allclose(after["columns.1.conv4"], before["columns.1.conv4"])
-    assert not torch.allclose(after["columns.0.fc6"], before["columns.0.fc6"])
+        assert same(before, after, f"{other}.{layer}"), layer
+    assert moved(before, after, f"{mine}.conv4") and moved(before, after, f"{other}.fc6")
+    assert moved(before, after, "fc8")
 
-    before = after
-    with torch.no_grad():
-        model.columns[1].fc6.weight.mul_(-1.5)
-    after = run()
-    assert torch.equal(after["columns.0.fc6"], before["columns.0.fc6"])
-    assert not torch.allclose(after["columns.0.fc7"], before["columns.0.fc7"])
+    before, after = change("fc6")
+    assert same(before, after, f"{other}.fc6") and moved(before, after, f"{other}.fc7")
+    assert moved(before, after, "fc8")
+
+    before, after = change("fc7")                       # only fc8 reads fc7
+    assert same(before, after, f"{other}.fc7") and moved(before, after, f"{mine}.fc7")
+    assert moved(before, after, "fc8")
 
 
 def check_normal_init(model, weight_std, bias):

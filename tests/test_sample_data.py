@@ -154,8 +154,12 @@ def _features(path):
 
 
 def test_classes_are_learnable(tmp_path):
+    """Nearest class centroid on colour and edge statistics: 10 classes (chance 0.10), 160
+    training and 100 validation images. Measured on seeds 0-19: 0.53-0.70 (0.64 on seed 0, the
+    one tested; no torch here, so torch's thread count plays no part); a generator whose class
+    signal weakens falls below the bar."""
     out = tmp_path / "d"
-    info = generate(out, classes=10, train_per_class=8, val_per_class=4, seed=0)
+    info = generate(out, classes=10, train_per_class=16, val_per_class=10, seed=0)
     wnids = [w for w, _ in info["classes"]]
     xs, ys = [], []
     for k, w in enumerate(wnids):
@@ -173,4 +177,4 @@ def test_classes_are_learnable(tmp_path):
         f = (_features(out / "val" / f"{r['ImageId']}.JPEG") - mu) / sd
         hits += int(np.argmin(((centroids - f) ** 2).sum(1))) == wnids.index(
             r["PredictionString"].split()[0])
-    assert hits / len(rows) > 0.25  # chance is 0.10
+    assert len(rows) == 100 and hits / len(rows) >= 0.5, hits

@@ -3,6 +3,7 @@
 Every result is compared with a direct reference (Pillow's full resize, then the crop).
 """
 import io
+import math
 
 import numpy as np
 import pytest
@@ -16,11 +17,14 @@ FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BI
 
 
 def reference(im: Image.Image, resize_filter="bilinear"):
-    """The obviously-correct transform: full resize to the exact W×H, then the centre crop."""
+    """The obviously-correct transform: full resize to the exact W×H, then the centre crop,
+    both from docs/DESIGN.md's definition (not from the module's `geometry`)."""
     w, h = im.size
-    g = geometry(w, h)
-    big = im.convert("RGB").resize((g.width, g.height), FILTERS[resize_filter])
-    return np.asarray(big.crop((g.left, g.top, g.left + 256, g.top + 256)), np.float64)
+    s = 256 / min(w, h)
+    W, H = max(256, round(w * s)), max(256, round(h * s))
+    left, top = math.floor((W - 256) / 2), math.floor((H - 256) / 2)  # the centre, rounded down
+    big = im.convert("RGB").resize((W, H), FILTERS[resize_filter])
+    return np.asarray(big.crop((left, top, left + 256, top + 256)), np.float64)
 
 
 def psnr(a, b):
@@ -81,6 +85,27 @@ def test_geometry_against_full_resize(size, fmt, min_db, resize_filter):
     assert psnr(pixels[:, 1:], ref[:, :-1]) < min(psnr(pixels, ref), 99) - 6
 
 
+@pytest.mark.parametrize("size,teeth_db", [
+    ((1600, 1800), 6.0),  # short side 1600: decoded at 2/8 -> 400 px, a reduction of 1.56
+    ((2047, 1536), 6.0),  # short side 1536: 2/8 -> 384 px, exactly 1.5
+    ((3100, 3080), 2.0),  # short side 3080: 1/8 -> 385 px, 1.50 (the 8-px board averages out here)
+])
+def test_reductions_of_1_5_or_more_after_dct_scaling(size, teeth_db):
+    """Short sides 1,536-2,047 and >= 3,072 px: after the DCT-scaled decode the remaining
+    reduction is >= 1.5 decoded px per output px (Pillow's antialiased box resample, not
+    OpenCV's 2-tap kernel), against Pillow's full-resolution resize and crop."""
+    short = min(size)
+    m = next(m for m in range(1, 9) if math.ceil(short * m / 8) >= 256)  # libjpeg-turbo's M/8
+    assert math.ceil(short * m / 8) / 256 >= 1.5
+    im = photo(*size)
+    data = jpeg_bytes(im, quality=95)
+    pixels, got_size = load(data)
+    assert got_size == size
+    ref = reference(Image.open(io.BytesIO(data)))
+    assert psnr(pixels, ref) > 38  # measured 41.9, 42.3, 52.6 dB; OpenCV's kernel here: 28-30 dB
+    assert psnr(pixels[:, 1:], ref[:, :-1]) < psnr(pixels, ref) - teeth_db
+
+
 def test_odd_sample_files_decode_like_pillow(src):
     odd = sample_data.odd_positions(CLASSES, TRAIN_PER_CLASS)
     for kind, (k, i) in odd.items():
@@ -118,6 +143,27 @@ def test_odd_modes_made_here():
     assert np.abs(pixels[..., :3] - reference(rgb)).max() <= 1
 
 
+def test_16_bit_grey_is_rounded_to_8_bits():
+    """16-bit values that are not an 8-bit value x 257: v -> round(v / 257) (255 / 65535 = 1 / 257;
+    never a half, 257 being odd), not the truncation v >> 8. Checked at 256x256 (no resampling,
+    so exact) and, through the resize, as the mean over a larger image."""
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 65536, (256, 256), dtype=np.uint16)
+    a[0, :6] = (0, 128, 129, 385, 65407, 65535)  # -> 0, 0, 1, 1, 255, 255 (v >> 8: 0, 0, 0, 1, 255, 255)
+    want = np.rint(a / 257.0).astype(np.uint8)
+    assert want[0, :6].tolist() == [0, 0, 1, 1, 255, 255]
+    assert np.mean(want != (a >> 8)) > 0.2  # the test has teeth: truncation differs in a quarter of the pixels
+    pixels, size = load(png_bytes(Image.fromarray(a)))
+    assert size == (256, 256)
+    for c in range(3):
+        assert np.array_equal(pixels[..., c], want), c
+    big = rng.integers(0, 65536, (300, 420), dtype=np.uint16)
+    pixels, _ = load(png_bytes(Image.fromarray(big)))
+    ref = reference(Image.fromarray(np.rint(big / 257.0).astype(np.uint8)))
+    assert np.abs(pixels[..., :3] - ref).max() <= 1
+    assert abs(np.mean(pixels[..., :3] - ref)) < 0.05  # truncation is ~0.25 lower on average
+
+
 def test_damaged_files_raise():
     data = jpeg_bytes(photo(400, 300), quality=90)
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
@@ -138,6 +184,8 @@ def test_encoded_jpeg_is_baseline_256_rgb():
     assert b"\xff\xc0" in data and b"\xff\xc2" not in data  # SOF0 baseline, no SOF2 progressive
     im = Image.open(io.BytesIO(data))
     assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (256, 256))
+    # 4:2:0 chroma, as Pillow's default: Y sampled 2x2, Cb and Cr 1x1 (the frame header's factors)
+    assert [(h, v) for _, h, v, _ in im.layer] == [(2, 2), (1, 1), (1, 1)]
     assert psnr(np.asarray(im), pixels[..., :3].astype(np.float64)) > 30  # q90, 4:2:0, a hard test image
 
 

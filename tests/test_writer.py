@@ -122,3 +122,32 @@ def test_a_full_disk_names_the_shard_and_leaves_no_file(tmp_path, monkeypatch, w
             w.write(sample_key("train", 0), jpeg(0), 1, {})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "train-000000.tar.tmp")
     assert os.listdir(tmp_path) == []
+
+
+def test_members_of_whole_blocks_against_tarfile(tmp_path):
+    """Members of exactly 512 and 1,024 bytes (whole tar blocks, no padding) among others: the
+    index's offsets and sizes are tarfile's own, and the bytes are those TarFile.addfile writes."""
+    sizes = (512, 1024, 3, 511, 513, 1536)
+    payloads = [bytes([i + 1]) * n for i, n in enumerate(sizes)]
+    with ShardWriter(tmp_path, "train-000000") as w:
+        for i, data in enumerate(payloads):
+            w.write(sample_key("train", i), data, i, {})
+    with tarfile.open(tmp_path / "train-000000.tar") as tf:
+        members = {m.name: (m.offset_data, m.size) for m in tf.getmembers()}
+        assert [tf.extractfile(f"{sample_key('train', i)}.jpg").read() for i in range(len(sizes))] == payloads
+    assert len(members) == 3 * len(sizes)
+    index = read_index(tmp_path / "train-000000.idx")
+    assert [(name, offset, size) for entry in index for _, offset, size, name in entry] == \
+           [(name, *members[name]) for name in members]
+    assert [entry[0][2] for entry in index] == list(sizes)
+    # the reference: the same members through the standard library's writer
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for i, data in enumerate(payloads):
+            meta = json.dumps({"label": i}, sort_keys=True).encode()
+            for ext, body in zip(("jpg", "cls", "json"), (data, str(i).encode(), meta)):
+                info = tarfile.TarInfo(f"{sample_key('train', i)}.{ext}")
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = \
+                    len(body), 0, 0o644, 0, 0, "", ""
+                tf.addfile(info, io.BytesIO(body))
+    assert (tmp_path / "train-000000.tar").read_bytes() == ref.getvalue()

@@ -130,6 +130,17 @@ def _opt(*decls, field, **kwargs):
     return click.option(*decls, default=default, show_default=default is not None, **kwargs)
 
 
+def _size(value):
+    """--cache-limit SIZE, checked (pipeline.cache.parse_size)."""
+    from pipeline.cache import parse_size
+
+    try:
+        parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("cache_limit=")) from None
+    return value
+
+
 class FiniteRange(click.FloatRange):
     """click's FloatRange that also refuses nan and infinities (nan passes every comparison of
     click's own range check): an option value, one line naming the option and its range."""
@@ -209,6 +220,12 @@ LIGHTING = FiniteRange(0, 10)
            "size; 0: keep every one).")
 @_opt("--threads", field="num_threads", type=click.IntRange(1),
       help="DALI worker threads (default: this process's share of the CPU cores).")
+@_opt("--cache-dir", field="cache_dir", type=click.Path(file_okay=False),
+      help="s3:// SHARDS: where whole shards are downloaded and verified before they are read (default: "
+           "$XDG_CACHE_HOME/alexnet, else ~/.cache/alexnet; one folder per bucket and prefix).")
+@_opt("--cache-limit", field="cache_limit", metavar="SIZE", callback=lambda ctx, p, v: _size(v),
+      help="s3:// SHARDS: most bytes the shard cache may hold, e.g. 40G (default: no limit; at least one "
+           "epoch's slice and the next one's).")
 @_opt("--verify-shards/--no-verify-shards", field="verify_shards",
       help="Check every shard's sha256 against the manifest before training (one core hashes 1-1.4 GB/s; "
            "in parallel; remembered in OUT/shard-hashes.json, so a resume does not hash again).")

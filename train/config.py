@@ -45,7 +45,7 @@ def input_norm_for(init: str) -> str:
 # where the run and the shards are (the shards' content is checked against the checkpoint).
 RESUMABLE_CHANGES = ("shards", "out", "epochs", "max_steps", "log_every", "checkpoint_every", "num_threads",
                      "resume", "apply_changes", "handoff", "cpu_decode", "step_stream", "verify_shards",
-                     "keep_checkpoints")
+                     "keep_checkpoints", "cache_dir", "cache_limit")
 
 
 @dataclass
@@ -85,6 +85,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints besides each epoch end (0: epoch ends only)
     keep_checkpoints: int = 3  # newest checkpoint-<step>.pt kept besides last.pt and best.pt (0: all)
     num_threads: Optional[int] = None  # DALI threads
+    cache_dir: Optional[str] = None  # s3:// shards: the local shard cache (default $XDG_CACHE_HOME/alexnet)
+    cache_limit: Optional[str] = None  # s3:// shards: the cache's size, e.g. "40G" (None: no limit)
     verify_shards: bool = True  # every shard's sha256 against the manifest first (shards.checksum; cached)
     resume: bool = False
     apply_changes: bool = False  # --resume: apply changed settings (recorded in resumes.jsonl) instead of refusing

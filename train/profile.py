@@ -125,9 +125,12 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
 
     loader = build_loader(cfg.shards, TRAIN, n, device=str(device), memory_format=mf, mean=cfg.input_norm,
                           lighting=cfg.lighting, handoff=cfg.handoff, dtype=input_dtype_for(cfg, device),
-                          cpu_decode=cfg.cpu_decode if device.type == "cuda" else 0.0)  # first: its errors come first
+                          cpu_decode=cfg.cpu_decode if device.type == "cuda" else 0.0,
+                          cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit)  # first: its errors come first
     progress(f"profile: pipeline alone ({warmup} warm-up + {batches} batches of {n})")
     result["pipeline"] = _timing(time_loader(loader, batches, warmup, device))
+    if loader.cache is not None:  # s3://: the shard cache's download rate beside the loader's
+        result["pipeline"]["download_MB_s"] = loader.cache.rate() / 1e6
     if stages:
         from pipeline.stages import profile_stages
 
@@ -245,7 +248,8 @@ def plot_stages(result, path):
 
 def format_table(r):
     rows = [
-        ("pipeline alone", r["pipeline"]["img_s"], ""),
+        ("pipeline alone", r["pipeline"]["img_s"],
+         f"shard cache downloaded {r['pipeline']['download_MB_s']:.1f} MB/s" if "download_MB_s" in r["pipeline"] else ""),
         ("model alone (synthetic)", r["model"]["img_s"], ""),
         ("pipeline + model", r["end_to_end"]["img_s"], f"data wait {100 * r['data_wait']:.1f}% of step time"),
         (f"reference loader ({r['peer']['workers']} workers)", r["peer"]["img_s"], ""),

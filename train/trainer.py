@@ -126,7 +126,8 @@ class Trainer:
                       seed=cfg.seed, num_threads=cfg.num_threads or self.launch.threads(),
                       memory_format=memory_format_for(cfg, self.device), mean=cfg.input_norm,
                       handoff=cfg.handoff, cpu_decode=cfg.cpu_decode if self.cuda else 0.0,
-                      dtype=input_dtype_for(cfg, self.device))
+                      dtype=input_dtype_for(cfg, self.device), cache_dir=cfg.cache_dir,
+                      cache_limit=cfg.cache_limit)
         train = build_loader(cfg.shards, TRAIN, cfg.batch_size, lighting=cfg.lighting, **common)
         val = build_loader(cfg.shards, VAL, cfg.batch_size, **common) if VAL in self.manifest.splits else None
         return train, val
@@ -193,6 +194,10 @@ class Trainer:
         for _ in range(self.batch_in_epoch):
             next(it)
         bar = self._bar = self._progress_bar(len(loader))
+        cache = getattr(loader, "cache", None)  # s3:// shards: the first batch waits for its slice's download
+        if bar is not None and cache is not None and self.batch_in_epoch == 0:
+            bar.set_postfix_str(f"downloading {cache.missing_bytes(loader.epoch_slice(self.epoch)) / 1e6:.0f} MB "
+                                f"of shards into {cache.root}")
         try:
             while True:
                 t0 = time.perf_counter()
@@ -237,10 +242,14 @@ class Trainer:
                "data_wait": t["data_s"] / t["elapsed_s"],
                "data_ms": 1e3 * t["data_s"] / t["steps"], "compute_ms": 1e3 * t["compute_s"] / t["steps"],
                "wall_s": self.elapsed()}
+        cache = getattr(self.train_loader, "cache", None)  # s3:// shards: pipeline.cache.ShardCache
+        if cache is not None:
+            row.update(cache_mb_per_s=cache.rate() / 1e6, cache_bytes=cache.used())
         self.metrics.write(row)
         if self._bar is not None:
+            extra = {"cache": cache.progress().removeprefix("cache ")} if cache is not None else {}
             self._bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{row['images_per_s']:.0f}",
-                                  wait=f"{100 * row['data_wait']:.0f}%", run_eta=self._eta())
+                                  wait=f"{100 * row['data_wait']:.0f}%", run_eta=self._eta(), **extra)
 
     def _check_finite(self, losses):
         """The mean of `losses` (None when empty); TrainingDiverged when it is NaN or infinite."""

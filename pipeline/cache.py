@@ -1,0 +1,327 @@
+"""A local cache of an s3:// shard directory for the DALI loader (docs/DESIGN.md, "Shard cache").
+
+DALI's S3 reader makes two ranged GETs per sample, one after another; the cache instead
+downloads whole tars and indexes, several at once (boto3's transfer manager), checks each tar's
+sha256 against the manifest and each index against its verified tar (as `alexnet verify` does),
+and only then renames them to their final names: a file under its final name is verified, so a
+restart reuses it. The loader hands DALI the local copies of the tars that overlap this rank's
+slice of an epoch (`EpochSlice`), with trimmed indexes where the slice cuts a shard.
+
+Eviction (`cache_limit`): files held by a live pipeline (`hold`/`release`) are counted and never
+removed; of the rest, the one this rank reads again latest (or never, within the next epochs) goes
+first. Locking: one fcntl lock per file (`.locks/NAME`), so two processes on one cache directory
+download a file once; the second waits and then reads the finished copy.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from shards.errors import Damage, UserError
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+HORIZON = 4  # epochs ahead looked at to decide which file this rank reads again soonest
+
+
+def parse_size(size) -> Optional[int]:
+    """Bytes of `size`: an int, or a string such as "40G", "512M", "1000" (None stays None)."""
+    if size is None or isinstance(size, int):
+        return size
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(size), re.IGNORECASE)
+    if found is None:
+        raise ValueError(f"cache_limit={size!r}: expected a size such as 40G, 512M or a number of bytes")
+    return int(float(found.group(1)) * SIZE_UNITS[found.group(2).upper()])
+
+
+def default_cache_dir() -> str:
+    """`$XDG_CACHE_HOME/alexnet`, else `~/.cache/alexnet`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "alexnet")
+
+
+@dataclass
+class EpochSlice:
+    """What one rank's reader is given for one epoch: the shards overlapping its slice, in the
+    epoch's order, and how many samples to skip in the first and keep in the last."""
+
+    shards: list  # ShardInfo, in the epoch's order
+    skip: int  # samples of shards[0] before the slice
+    keep: int  # samples of shards[-1] inside the slice
+
+    def ranges(self):
+        """[(shard, first sample, end sample)] of each shard's part of the slice."""
+        out = []
+        for i, s in enumerate(self.shards):
+            a = self.skip if i == 0 else 0
+            b = self.keep if i == len(self.shards) - 1 else s.samples
+            out.append((s, a, b))
+        return out
+
+
+def epoch_slice(shards_in_order: Sequence, start: int, stop: int) -> EpochSlice:
+    """The shards of `shards_in_order` (ShardInfo, with `.samples`) that hold samples [start, stop)."""
+    picked, skip, keep, pos = [], 0, 0, 0
+    for s in shards_in_order:
+        a, b = pos, pos + s.samples
+        pos = b
+        if b <= start or a >= stop:
+            continue
+        if not picked:
+            skip = start - a
+        picked.append(s)
+        keep = min(stop, b) - a
+    return EpochSlice(picked, skip, keep)
+
+
+@dataclass
+class ShardCache:
+    """Local verified copies of an s3:// shard directory's shards under `root`."""
+
+    url: str  # s3://bucket/prefix
+    cache_dir: str
+    limit: Optional[int] = None  # bytes; None: no limit
+    connections: int = 8  # files downloaded at once
+    root: str = ""
+    _held: Dict[object, set] = field(default_factory=dict, repr=False)
+    _next_use: Dict[str, int] = field(default_factory=dict, repr=False)  # file → epoch it is read again
+    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    downloaded: int = 0  # bytes fetched by this process
+    busy: float = 0.0  # seconds spent fetching them (the download rate's denominator)
+    fetched: list = field(default_factory=list, repr=False)  # tars this process downloaded, in order
+
+    def __post_init__(self):
+        from shards.store import open_store
+
+        self.store = open_store(self.url)
+        folder = f"{self.store.bucket}/{self.store.prefix}".strip("/").replace("/", "__")
+        self.root = os.path.join(os.path.abspath(os.path.expanduser(self.cache_dir)), folder)
+        self._check_writable()
+        self._sizes = None
+
+    def size(self, shard) -> int:
+        """Bytes of a shard's tar and index on the server (one listing, then remembered)."""
+        if self._sizes is None:
+            self._sizes = self.store.listing()
+        return self._sizes.get(shard.tar, 0) + self._sizes.get(shard.index, 0)
+
+    def _check_writable(self):
+        """UserError (exit 2) when the cache folder cannot be made or written, before any work."""
+        probe = os.path.join(self.root, f".probe-{os.getpid()}")
+        try:
+            os.makedirs(os.path.join(self.root, ".locks"), exist_ok=True)
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise UserError(f"{self.root}: cannot write the shard cache ({e.strerror or e}); "
+                            f"pass a writable --cache-dir") from None
+
+    # --- names ------------------------------------------------------------------------------
+    def tar_path(self, shard) -> str:
+        return os.path.join(self.root, f"{shard.tar[:-4]}.{shard.sha256[:12]}.tar")
+
+    def index_path(self, shard, a: int = 0, b: Optional[int] = None) -> str:
+        """The shard's verified index; with (a, b) ≠ (0, samples) the index of samples [a, b) only."""
+        stem = os.path.join(self.root, f"{shard.tar[:-4]}.{shard.sha256[:12]}")
+        if a == 0 and (b is None or b == shard.samples):
+            return stem + ".idx"
+        return f"{stem}.{a}-{b}.idx"
+
+    # --- the slice of one epoch --------------------------------------------------------------
+    def fetch(self, piece: EpochSlice, key=None) -> tuple:
+        """([tar paths], [index paths]) of `piece`, every file downloaded and verified; held under
+        `key` (an epoch) until `release(key)`."""
+        self.make_room(piece.shards, key)
+        t0, before = time.perf_counter(), self.downloaded
+        with ThreadPoolExecutor(min(self.connections, max(1, len(piece.shards)))) as pool:
+            list(pool.map(self._ensure, piece.shards))
+        if self.downloaded > before:
+            with self._mutex:
+                self.busy += time.perf_counter() - t0
+        ranges = piece.ranges()
+        with self._mutex:  # the trimmed indexes are the pipeline's too: held before they are written
+            self._held.setdefault(key, set()).update(self.index_path(s, a, b) for s, a, b in ranges)
+        return [self.tar_path(s) for s, _, _ in ranges], [self._trimmed(s, a, b) for s, a, b in ranges]
+
+    def missing_bytes(self, piece: EpochSlice) -> int:
+        """Bytes of `piece` not in the cache yet: what its first batch waits for."""
+        return sum(self.size(s) for s in piece.shards
+                   if not (os.path.exists(self.tar_path(s)) and os.path.exists(self.index_path(s))))
+
+    def hold(self, key, shards) -> None:
+        with self._mutex:
+            self._held[key] = {self.tar_path(s) for s in shards} | {self.index_path(s) for s in shards}
+
+    def release(self, key) -> None:
+        """The pipeline of `key` is dropped: its files may be evicted."""
+        with self._mutex:
+            self._held.pop(key, None)
+
+    def plan_reads(self, future: Dict[int, Sequence]) -> None:
+        """{epoch: shards this rank reads in it}: the order eviction keeps files by."""
+        uses = {}
+        for epoch in sorted(future, reverse=True):
+            for s in future[epoch]:
+                uses[self.tar_path(s)] = uses[self.index_path(s)] = epoch
+        with self._mutex:
+            self._next_use = uses
+
+    # --- space ---------------------------------------------------------------------------------
+    def used(self) -> int:
+        """Bytes of the cache's files (verified copies, trimmed indexes, downloads under way)."""
+        total = 0
+        for entry in os.scandir(self.root):
+            if entry.is_file():
+                total += entry.stat().st_size
+        return total
+
+    def make_room(self, shards, key=None) -> None:
+        """Hold `shards` under `key` and evict unheld files, latest-read first, until the files of
+        `shards` still to download fit under the limit."""
+        self.hold(key, shards)
+        if self.limit is None:
+            return
+        need = sum(self.size(s) for s in shards if not os.path.exists(self.tar_path(s)))
+        with self._mutex:
+            held = set().union(*self._held.values()) if self._held else set()
+            uses = dict(self._next_use)
+        present = [e for e in os.scandir(self.root) if e.is_file()]
+        total = sum(e.stat().st_size for e in present)
+        victims = sorted((e for e in present if e.path not in held),
+                         key=lambda e: -uses.get(e.path, 1 << 30))  # never read again: first
+        for e in victims:
+            if total + need <= self.limit:
+                break
+            with self._lock(os.path.basename(e.path), block=False) as got:
+                if got:
+                    try:
+                        size = e.stat().st_size
+                        os.remove(e.path)
+                        total -= size
+                    except FileNotFoundError:
+                        pass
+
+    # --- one shard -------------------------------------------------------------------------------
+    @contextmanager
+    def _lock(self, name: str, block: bool = True):
+        fd = os.open(os.path.join(self.root, ".locks", name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing drops the lock
+
+    def _ensure(self, shard) -> None:
+        """The shard's tar and index under their final names, verified (downloaded if missing)."""
+        tar, idx = self.tar_path(shard), self.index_path(shard)
+        with self._lock(os.path.basename(tar)):
+            if os.path.exists(tar) and os.path.exists(idx):
+                return  # a final name is a verified file (this process's or another's)
+            tmp_tar, tmp_idx = f"{tar}.part-{os.getpid()}", f"{idx}.part-{os.getpid()}"
+            try:
+                self._download(shard.tar, tmp_tar)
+                self._download(shard.index, tmp_idx)
+                self._verify(shard, tmp_tar, tmp_idx)
+                os.replace(tmp_idx, idx)
+                os.replace(tmp_tar, tar)
+            finally:
+                for p in (tmp_tar, tmp_idx):
+                    if os.path.exists(p):
+                        os.remove(p)
+            with self._mutex:
+                self.downloaded += self.size(shard)
+                self.fetched.append(shard.tar)
+
+    def _download(self, name: str, dest: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        url = self.store.url(name)
+        config = TransferConfig(max_concurrency=4, multipart_threshold=64 << 20, num_download_attempts=5)
+        try:
+            self.store.client.download_file(self.store.bucket, self.store.key(name), dest, Config=config)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
+                             f"free space or pass a smaller --cache-limit") from None
+            raise Damage(f"{url}: the download failed ({e.strerror or e}); run the command again") from None
+        except Exception as e:  # botocore's errors once the transfer manager's retries are spent
+            from shards.store import _raised
+
+            cause = getattr(e, "__cause__", None) or getattr(e, "__context__", None)
+            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
+                             f"free space or pass a smaller --cache-limit") from None
+            error = _raised(e, url, self.store.client)
+            if isinstance(error, UserError):  # the endpoint gone, credentials refused: exit 2
+                raise error from None
+            if isinstance(error, FileNotFoundError):
+                raise Damage(f"{url}: missing from the shard directory; run `alexnet verify {self.url}`") from None
+            text = " ".join(str(error).split())[:200]
+            raise Damage(f"{url}: the download was cut short, also on retries ({text}); "
+                         f"run the command again") from None
+
+    def _verify(self, shard, tar: str, idx: str) -> None:
+        """Damage naming the object unless the tar has the manifest's sha256 and the index fits it."""
+        from shards.verify import _check_index, _read_members
+
+        with open(tar, "rb") as f:
+            raw = f.read()
+        if hashlib.sha256(raw).hexdigest() != shard.sha256:
+            raise Damage(f"{self.store.url(shard.tar)}: sha256 differs from the manifest (the object changed "
+                         f"on the server or was damaged); run `alexnet verify {self.url}`")
+        problems = _check_index(idx, _read_members(raw))
+        if problems:
+            raise Damage(f"{self.store.url(shard.index)}: does not fit its verified tar ({problems[0].message}); "
+                         f"run `alexnet verify {self.url}`")
+
+    def _trimmed(self, shard, a: int, b: int) -> str:
+        """The index of samples [a, b) of a cached shard (written once, atomically)."""
+        from shards.files import atomic_write
+        from shards.writer import INDEX_VERSION, parse_index
+
+        path = self.index_path(shard, a, b)
+        if os.path.exists(path):
+            return path
+        full = self.index_path(shard)
+        with open(full) as f:
+            samples = parse_index(f.read(), full)[a:b]
+        lines = [f"{INDEX_VERSION} {len(samples)}"]
+        lines += [" ".join(f"{e} {o} {n} {m}" for e, o, n, m in sample) for sample in samples]
+        atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+        return path
+
+    def check_limit(self, slices: List[Sequence], where: str) -> None:
+        """UserError (exit 2, one line) when the limit cannot hold what the reader needs at once:
+        the largest pair of consecutive slices (one epoch's and the next one's)."""
+        if self.limit is None:
+            return
+        sizes = [sum(self.size(s) for s in piece) for piece in slices]
+        need = max([a + b for a, b in zip(sizes, sizes[1:])] or sizes)
+        if need > self.limit:
+            raise UserError(f"--cache-limit {self.limit} bytes is below what the reader of {where} holds at "
+                            f"once ({need} bytes: one epoch's slice and the next one's); raise it")
+
+    # --- progress --------------------------------------------------------------------------------
+    def rate(self) -> float:
+        """Bytes per second while this process was downloading."""
+        return self.downloaded / self.busy if self.busy else 0.0
+
+    def progress(self) -> str:
+        """The download rate and fill level, for a progress line: `cache 48.1 MB/s 1.2/40.0 GB`."""
+        rate = self.rate() / 1e6
+        limit = f"{self.limit / 1e9:.1f}" if self.limit is not None else "∞"
+        return f"cache {rate:.1f} MB/s {self.used() / 1e9:.2f}/{limit} GB"
+

@@ -1,0 +1,419 @@
+"""The local shard cache of an s3:// directory (pipeline.cache) against `moto_server` on loopback
+(tests/s3kit.py): the same batches as from local disk, a slice's tars only, verified files only,
+a limit kept, a restart that downloads nothing, and each fault as one line with its exit code."""
+import errno
+import os
+
+import boto3  # noqa: F401 (the [dev] extra)
+import pytest
+import torch
+
+from s3kit import S3Server
+from shardkit import make_shards
+from shards import Manifest
+from shards.errors import Damage, UserError
+from shards.upload import upload_shard_dir
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with S3Server(log_path=str(log), relay=False, auth=False) as s3:
+        s3.make_bucket("shards")
+        yield s3
+
+
+@pytest.fixture(autouse=True)
+def aws_env(server, monkeypatch):
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    for k, v in dict(server.env, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull).items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    d = tmp_path_factory.mktemp("local") / "shards"
+    d.mkdir()
+    # 4-sample shards, splits that do not divide into them: slices cut shards
+    make_shards(d, n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def remote(server, local):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in server.env.items():
+            mp.setenv(k, v)
+        upload_shard_dir(local, "s3://shards/c/v1")
+    return "s3://shards/c/v1"
+
+
+def copy_prefix(server, src, dst):
+    c = server.client()
+    for obj in c.list_objects_v2(Bucket="shards", Prefix=src + "/").get("Contents", []):
+        got = c.get_object(Bucket="shards", Key=obj["Key"])
+        c.put_object(Bucket="shards", Key=dst + obj["Key"][len(src):], Body=got["Body"].read(),
+                     Metadata=got["Metadata"])
+    return f"s3://shards/{dst}"
+
+
+def batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def same(a, b):
+    assert len(a) == len(b) > 0
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+
+
+# --- the slice --------------------------------------------------------------------------------
+
+def test_the_slice_holds_exactly_the_samples_of_the_range():
+    from types import SimpleNamespace
+
+    from pipeline.cache import epoch_slice
+
+    shards = [SimpleNamespace(name=i, samples=n) for i, n in enumerate([10, 10, 7, 10, 10])]
+    stream = [(s.name, j) for s in shards for j in range(s.samples)]
+    for start, stop in [(0, 47), (0, 23), (23, 47), (10, 27), (5, 6), (46, 47)]:
+        piece = epoch_slice(shards, start, stop)
+        got = [(s.name, j) for s, a, b in piece.ranges() for j in range(a, b)]
+        assert got == stream[start:stop]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_each_rank_downloads_only_its_slice(remote, local, tmp_path, world_size):
+    """The 2-rank (and 3-rank) check at unit level: each rank's cache holds the shards of its
+    slice of the epoch and nothing else, and the ranks' slices cover the split."""
+    from pipeline import build_loader
+
+    m = Manifest.load(local)
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(world_size):
+            cache_dir = tmp_path / f"e{epoch}r{rank}"
+            loader = build_loader(remote, "train", 4, num_threads=1, rank=rank, world_size=world_size, seed=1,
+                                  cache_dir=str(cache_dir))
+            try:
+                loader.graph(epoch, stop="read")
+                piece = loader.epoch_slice(epoch)
+                tars = sorted(f.name.split(".")[0] + ".tar" for f in (cache_dir / "shards__c__v1").glob("*.tar"))
+                assert tars == sorted(s.tar for s in piece.shards)
+                seen += [(s.tar, j) for s, a, b in piece.ranges() for j in range(a, b)]
+            finally:
+                loader.close()
+        assert sorted(seen) == sorted((s.tar, j) for s in m.split("train").shards for j in range(s.samples))
+
+
+# --- the same batches as from disk --------------------------------------------------------------
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_the_same_batches_as_from_local_disk(remote, local, tmp_path, world_size):
+    """Slices that cut shards (trimmed indexes) and slices on shard boundaries, train and val."""
+    from pipeline import build_loader
+
+    for split, kw, epochs in (("train", {"seed": 3, "shuffle_buffer": 16}, (0, 1, 2)), ("val", {}, (0,))):
+        for rank in range(world_size):
+            loaders = [build_loader(d, split, 4, num_threads=1, rank=rank, world_size=world_size,
+                                    cache_dir=str(tmp_path), **kw) for d in (local, remote)]
+            try:
+                for epoch in epochs:
+                    same(*(batches(loader, epoch) for loader in loaders))
+            finally:
+                for loader in loaders:
+                    loader.close()
+
+
+def test_a_restart_reuses_the_verified_files(remote, tmp_path, monkeypatch):
+    from pipeline import build_loader
+    from pipeline.cache import ShardCache
+
+    first = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    a = batches(first, 0)
+    first.close()
+    assert first.cache.downloaded > 0
+    monkeypatch.setattr(ShardCache, "_download", lambda *a: pytest.fail("downloaded again"))
+    again = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    same(a, batches(again, 0))
+    again.close()
+    assert again.cache.downloaded == 0 and "MB/s" in again.cache.progress()
+
+
+# --- the limit ----------------------------------------------------------------------------------
+
+def test_the_cache_stays_under_its_limit(remote, local, tmp_path):
+    from pipeline import build_loader
+
+    full = build_loader(remote, "train", 2, num_threads=1, world_size=4, seed=5, cache_dir=str(tmp_path / "full"))
+    total = sum(full.cache.size(s) for s in full.manifest.split("train").shards)
+    need = max(sum(full.cache.size(s) for s in full.epoch_slice(e).shards) for e in range(8))
+    full.close()
+    limit = 2 * need + 4096  # one slice and the next, and room for trimmed indexes
+    assert limit < total
+    loader = build_loader(remote, "train", 2, num_threads=1, world_size=4, cache_dir=str(tmp_path / "small"),
+                          cache_limit=limit, seed=5)
+    disk = build_loader(local, "train", 2, num_threads=1, world_size=4, seed=5)
+    try:
+        for epoch in range(6):
+            same(batches(loader, epoch), batches(disk, epoch))
+            assert loader.cache.used() <= limit
+    finally:
+        loader.close()
+        disk.close()
+
+
+def test_a_limit_below_two_slices_is_refused_before_any_download(remote, tmp_path, monkeypatch):
+    from pipeline import build_loader
+    from pipeline.cache import ShardCache
+
+    monkeypatch.setattr(ShardCache, "_download", lambda *a: pytest.fail("downloaded"))
+    with pytest.raises(UserError, match="--cache-limit 1000 bytes is below") as e:
+        build_loader(remote, "train", 4, num_threads=1, cache_dir=str(tmp_path), cache_limit="1000")
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+# --- faults ---------------------------------------------------------------------------------------
+
+def test_an_object_changed_on_the_server(server, remote, tmp_path):
+    url = copy_prefix(server, "c/v1", "changed")
+    c = server.client()
+    tar = c.get_object(Bucket="shards", Key="changed/val-000000.tar")["Body"].read()
+    c.put_object(Bucket="shards", Key="changed/val-000000.tar", Body=tar[:-1] + bytes([tar[-1] ^ 1]))
+    from pipeline import build_loader
+
+    loader = build_loader(url, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    with pytest.raises(Damage, match=f"^{url}/val-000000.tar: sha256 differs from the manifest") as e:
+        list(loader)
+    loader.close()
+    assert e.value.exit_code == 1 and "\n" not in str(e.value)
+    assert not [p for p in (tmp_path / "shards__changed").iterdir() if p.name.startswith("val-000000")]
+
+
+def test_a_download_cut_midway_is_retried_then_named(remote, tmp_path, monkeypatch):
+    from botocore.exceptions import IncompleteReadError
+
+    from pipeline import build_loader
+
+    calls = []
+
+    def cut(self, bucket, key, filename, *a, **kw):
+        calls.append(key)
+        with open(filename, "wb") as f:  # what a transfer leaves before the cut (boto3's own temp aside)
+            f.write(b"x" * 100)
+        raise IncompleteReadError(actual_bytes=100, expected_bytes=1000)
+
+    loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    monkeypatch.setattr(type(loader.cache.store.client), "download_file", cut, raising=False)
+    with pytest.raises(Damage, match=r"^s3://shards/c/v1/val-00000\d\.(tar|idx): the download was cut short") as e:
+        list(loader)
+    loader.close()
+    assert e.value.exit_code == 1 and calls
+    assert not [p for p in (tmp_path / "shards__c__v1").iterdir() if ".part-" in p.name or p.suffix == ".tar"]
+
+
+def test_the_transfer_manager_retries_a_cut_stream(remote, tmp_path, monkeypatch):
+    """boto3's own retry (num_download_attempts) covers one cut read: the file arrives verified."""
+    import botocore.response
+    from botocore.exceptions import ReadTimeoutError
+
+    from pipeline import build_loader
+
+    real, cuts = botocore.response.StreamingBody.read, []
+
+    def read_once_cut(self, *a, **kw):
+        if not cuts:
+            cuts.append(1)
+            raise ReadTimeoutError(endpoint_url="relay")
+        return real(self, *a, **kw)
+
+    loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    monkeypatch.setattr(botocore.response.StreamingBody, "read", read_once_cut)
+    assert len(list(loader)) > 0 and cuts
+    loader.close()
+
+
+def test_a_full_disk_removes_the_partial_file(remote, tmp_path, monkeypatch):
+    from pipeline import build_loader
+
+    def full(self, bucket, key, filename, *a, **kw):
+        with open(filename, "wb") as f:
+            f.write(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    monkeypatch.setattr(type(loader.cache.store.client), "download_file", full, raising=False)
+    with pytest.raises(Damage, match="the disk of the shard cache is full") as e:
+        list(loader)
+    loader.close()
+    assert e.value.exit_code == 1
+    assert not [p for p in (tmp_path / "shards__c__v1").iterdir() if p.is_file()]
+
+
+def test_an_unwritable_cache_dir_is_refused_before_any_work(remote, tmp_path, monkeypatch):
+    from pipeline import build_loader
+    from shards.store import S3Store
+
+    (tmp_path / "file").write_bytes(b"")  # a folder below a file cannot be made, even by root
+    monkeypatch.setattr(S3Store, "listing", lambda self: pytest.fail("a request"))
+    with pytest.raises(UserError, match="cannot write the shard cache") as e:
+        build_loader(remote, "val", 4, cache_dir=str(tmp_path / "file" / "cache"))
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+
+
+def test_two_processes_on_one_cache_dir(remote, tmp_path):
+    """Two caches (as two processes would) fetching the same shards at once: each file is
+    downloaded once, under its lock; the other reads the finished copy."""
+    import threading
+
+    from pipeline.cache import EpochSlice, ShardCache
+
+    m = Manifest.load(remote)
+    shards = m.split("train").shards
+    caches = [ShardCache(remote, str(tmp_path)) for _ in range(2)]
+    got = [None, None]
+
+    def run(i):
+        got[i] = caches[i].fetch(EpochSlice(shards, 0, shards[-1].samples), key=0)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] == got[1] and all(os.path.exists(p) for p in got[0][0])
+    assert caches[0].downloaded + caches[1].downloaded == sum(caches[0].size(s) for s in shards)
+
+
+def test_the_endpoint_gone_mid_epoch_is_exit_2(remote, tmp_path, monkeypatch):
+    from botocore.exceptions import EndpointConnectionError
+
+    from pipeline import build_loader
+
+    def gone(self, *a, **kw):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    monkeypatch.setattr(type(loader.cache.store.client), "download_file", gone, raising=False)
+    with pytest.raises(UserError, match=r"^s3://shards/c/v1/val-00000\d\.(tar|idx): cannot reach the S3 endpoint") as e:
+        list(loader)
+    loader.close()
+    assert type(e.value) is UserError and e.value.exit_code == 2
+
+
+def test_train_options(remote, tmp_path):
+    from samplekit import cli, one_line_error
+
+    run = ["train", remote, "--out", str(tmp_path / "run"), "--device", "cpu", "--batch-size", "4",
+           "--cache-dir", str(tmp_path / "cache")]
+    one_line_error(cli(*run, "--cache-limit", "lots"), 2, ["lots"])
+    one_line_error(cli(*run, "--cache-limit", "1K"), 2, ["--cache-limit 1024 bytes is below"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_profile_reports_the_download_rate(remote, tmp_path):
+    from train.config import TrainConfig
+    from train.profile import format_table, run_profile
+
+    cfg = TrainConfig(shards=remote, out=str(tmp_path / "run"), width=0.125, init="kaiming", batch_size=4,
+                      device="cpu", cache_dir=str(tmp_path / "cache"))
+    r = run_profile(cfg, None, batches=2, warmup=1, peer_workers=1, progress=lambda m: None)
+    assert r["pipeline"]["download_MB_s"] > 0
+    assert "shard cache downloaded" in format_table(r)
+
+
+def test_the_first_batch_waits_for_one_slice(remote, tmp_path):
+    from pipeline import build_loader
+
+    loader = build_loader(remote, "train", 4, num_threads=1, world_size=2, cache_dir=str(tmp_path))
+    piece = loader.epoch_slice(0)
+    assert loader.cache.missing_bytes(piece) == sum(loader.cache.size(s) for s in piece.shards) > 0
+    next(iter(loader))
+    assert loader.cache.missing_bytes(piece) == 0
+    loader.close()
+
+
+def test_training_logs_the_cache(remote, tmp_path):
+    import json
+
+    import train.trainer
+    from train.config import TrainConfig
+    from trainkit import SMALL
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(shards=remote, out=str(run), **{**SMALL, "epochs": 1, "num_threads": 1, "batch_size": 4},
+                      cache_dir=str(tmp_path / "cache"), cache_limit="64M")
+    t = train.trainer.Trainer(cfg, progress=True)  # the bar's postfix: the slice's size, then the rate
+    try:
+        t.fit()
+    finally:
+        t.close()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "cache_mb_per_s" in r]
+    assert steps and steps[-1]["cache_mb_per_s"] > 0 and 0 < steps[-1]["cache_bytes"] <= 64 << 20
+
+
+def test_two_ranks_in_two_processes_on_one_cache_dir(remote, local, tmp_path):
+    """Two processes (ranks 0 and 1 of 2, as torchrun starts them) sharing one cache directory:
+    each downloads only shards of its own slices, neither corrupts the other's files (every
+    batch is the local-disk loader's), and each file is downloaded once."""
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json, sys, torch
+from pipeline import build_loader
+rank, remote, local, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+kw = dict(num_threads=1, rank=rank, world_size=2, seed=7, shuffle_buffer=16)
+s3, disk = build_loader(remote, "train", 4, cache_dir=cache, **kw), build_loader(local, "train", 4, **kw)
+mine, same = set(), True
+for epoch in (0, 1):
+    mine |= {s.tar for s in s3.epoch_slice(epoch).shards} | {s.tar for s in s3.epoch_slice(epoch + 1).shards}
+    for (xa, ya), (xb, yb) in zip(s3, disk):
+        same &= torch.equal(xa, xb) and torch.equal(ya, yb)
+s3.close(); disk.close()
+print(json.dumps({"fetched": s3.cache.fetched, "mine": sorted(mine), "same": bool(same)}))
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.path.join(os.getcwd(), "tests")]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(r), remote, local, str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 0, stderr[-2000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    for r in out:
+        assert r["same"] and r["fetched"] and set(r["fetched"]) <= set(r["mine"])
+    fetched = out[0]["fetched"] + out[1]["fetched"]
+    assert len(fetched) == len(set(fetched))  # no file downloaded twice
+
+
+def test_an_object_deleted_after_the_loader_was_built(server, remote, tmp_path):
+    """What test_s3's DALI-reader case becomes with the cache: one line naming the object, exit 1."""
+    from pipeline import build_loader
+
+    url = copy_prefix(server, "c/v1", "vanishing")
+    loader = build_loader(url, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    server.client().delete_object(Bucket="shards", Key="vanishing/val-000000.tar")
+    with pytest.raises(Damage, match=f"^{url}/val-000000.tar: missing from the shard directory") as e:
+        list(loader)
+    loader.close()
+    assert e.value.exit_code == 1 and "\n" not in str(e.value)
+
+
+def test_the_next_epochs_pipeline_prepared_ahead_reads_the_cache_too(remote, local, tmp_path):
+    """prepare_next (GPU training's default): the next epoch's slice downloads inside the pipeline
+    built during this epoch; the same batches as from disk."""
+    from pipeline import build_loader
+
+    kw = dict(num_threads=1, world_size=2, rank=1, seed=4, prepare_next=True)
+    s3, disk = build_loader(remote, "train", 4, cache_dir=str(tmp_path), **kw), build_loader(local, "train", 4, **kw)
+    try:
+        for _ in range(3):  # a plain loop: each epoch takes the pipeline prepared during the one before
+            same(list(s3), list(disk))
+    finally:
+        s3.close()
+        disk.close()
