@@ -308,6 +308,9 @@ def _run_trainer(cfg):
         click.echo(f"train: AlexNet{net} of {count_parameters(trainer.model):,} parameters, width {cfg.width}, "
                    f"init {cfg.init}, input {cfg.input_norm}, batch {cfg.batch_size} x {trainer.world} replica(s) "
                    f"on {where}; {len(trainer.train_loader)} batches/epoch; run dir {cfg.out}", err=True)
+    if cfg.compile and not trainer.cuda and trainer.main:  # tests/test_compile.py: an xfail until torch fixes it
+        click.echo("train: warning: torch 2.13's CPU compiler gave wrong conv gradients for this net at some batch "
+                   "sizes (tests/test_compile.py); leave out --compile on the CPU", err=True)
     try:
         trainer.fit()
     except (TrainingDiverged, CheckpointNotWritten) as e:  # exit 1: what ran is kept
