@@ -293,14 +293,17 @@ class ShardCache:
         from shards.writer import INDEX_VERSION, parse_index
 
         path = self.index_path(shard, a, b)
-        if os.path.exists(path):
-            return path
-        full = self.index_path(shard)
-        with open(full) as f:
-            samples = parse_index(f.read(), full)[a:b]
-        lines = [f"{INDEX_VERSION} {len(samples)}"]
-        lines += [" ".join(f"{e} {o} {n} {m}" for e, o, n, m in sample) for sample in samples]
-        atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+        # locked: the background download of the next slice and the pipeline's build may both
+        # trim the same index (one temporary name each would race: seen once as a lost rename)
+        with self._lock(os.path.basename(path)):
+            if os.path.exists(path):
+                return path
+            full = self.index_path(shard)
+            with open(full) as f:
+                samples = parse_index(f.read(), full)[a:b]
+            lines = [f"{INDEX_VERSION} {len(samples)}"]
+            lines += [" ".join(f"{e} {o} {n} {m}" for e, o, n, m in sample) for sample in samples]
+            atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
         return path
 
     def check_limit(self, slices: List[Sequence], where: str) -> None:

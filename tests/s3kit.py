@@ -196,5 +196,37 @@ def use_only(env: dict, monkeypatch) -> None:
         monkeypatch.setenv(k, v)
 
 
+@contextlib.contextmanager
+def serving(tmp_path_factory, **kw):
+    """An S3Server (its log in a temporary folder) with the bucket "shards", for a module's fixture."""
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with S3Server(log_path=str(log), **kw) as s3:
+        s3.make_bucket("shards")
+        yield s3
+
+
+def local_shards(tmp_path_factory, **kw) -> str:
+    """A shard directory written by tests/shardkit.py (`make_shards` keywords), for a module's fixture."""
+    from shardkit import make_shards
+
+    d = tmp_path_factory.mktemp("local") / "shards"
+    d.mkdir()
+    make_shards(d, **kw)
+    return str(d)
+
+
+def uploaded(server, local: str, url: str) -> str:
+    """`local` (a shard directory) uploaded to `url` on `server` by `alexnet upload`'s library call; `url`."""
+    import pytest
+
+    from shards.upload import upload_shard_dir
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in server.env.items():
+            mp.setenv(k, v)
+        upload_shard_dir(local, url)
+    return url
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:
     _serve_relay(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))

@@ -8,7 +8,7 @@ import boto3  # noqa: F401 (the [dev] extra)
 import pytest
 import torch
 
-from s3kit import S3Server
+from s3kit import local_shards, serving, uploaded, use_only
 from shardkit import make_shards
 from shards import Manifest
 from shards.errors import Damage, UserError
@@ -17,36 +17,24 @@ from shards.upload import upload_shard_dir
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with S3Server(log_path=str(log), relay=False, auth=False) as s3:
-        s3.make_bucket("shards")
+    with serving(tmp_path_factory, relay=False, auth=False) as s3:
         yield s3
 
 
 @pytest.fixture(autouse=True)
 def aws_env(server, monkeypatch):
-    for k in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(k)
-    for k, v in dict(server.env, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull).items():
-        monkeypatch.setenv(k, v)
+    use_only(server.env, monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    d = tmp_path_factory.mktemp("local") / "shards"
-    d.mkdir()
     # 4-sample shards, splits that do not divide into them: slices cut shards
-    make_shards(d, n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
-    return str(d)
+    return local_shards(tmp_path_factory, n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
 
 
 @pytest.fixture(scope="module")
 def remote(server, local):
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in server.env.items():
-            mp.setenv(k, v)
-        upload_shard_dir(local, "s3://shards/c/v1")
-    return "s3://shards/c/v1"
+    return uploaded(server, local, "s3://shards/c/v1")
 
 
 def copy_prefix(server, src, dst):

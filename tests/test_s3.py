@@ -12,7 +12,7 @@ import boto3  # noqa: F401 (the [dev] extra: an ImportError here, never a silent
 import moto.server  # noqa: F401
 import pytest
 
-from s3kit import S3Server
+from s3kit import local_shards, serving, uploaded, use_only
 from samplekit import cli, one_line_error
 from shardkit import make_shards
 from shards import Manifest
@@ -23,38 +23,23 @@ from shards.upload import upload_shard_dir
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with S3Server(log_path=str(log), relay=True) as s3:
-        s3.make_bucket("shards")
+    with serving(tmp_path_factory, relay=True) as s3:
         yield s3
 
 
 @pytest.fixture(autouse=True)
 def aws_env(server, monkeypatch):
-    """The server's endpoint and keys for boto3 and DALI in this process, nothing from ~/.aws."""
-    for k in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(k)
-    for k, v in server.env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    use_only(server.env, monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    d = tmp_path_factory.mktemp("local") / "shards"
-    d.mkdir()
-    make_shards(d, n_train=32, n_val=12, classes=8, shard_size=12, seed=1)
-    return str(d)
+    return local_shards(tmp_path_factory, n_train=32, n_val=12, classes=8, shard_size=12, seed=1)
 
 
 @pytest.fixture(scope="module")
 def remote(server, local):
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in server.env.items():
-            mp.setenv(k, v)
-        upload_shard_dir(local, "s3://shards/imagenet/v1")
-    return "s3://shards/imagenet/v1"
+    return uploaded(server, local, "s3://shards/imagenet/v1")
 
 
 def objects(server, prefix):
