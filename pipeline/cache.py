@@ -196,7 +196,9 @@ class ShardCache:
             uses = dict(self._next_use)
         present = [e for e in os.scandir(self.root) if e.is_file()]
         total = sum(e.stat().st_size for e in present)
-        victims = sorted((e for e in present if e.path not in held),
+        # a file being written (a download's .part-PID, an index's .tmp) is its writer's: never a victim
+        writing = [e for e in present if ".part-" in e.name or e.name.endswith(".tmp")]
+        victims = sorted((e for e in present if e.path not in held and e not in writing),
                          key=lambda e: -uses.get(e.path, 1 << 30))  # never read again: first
         for e in victims:
             if total + need <= self.limit:
