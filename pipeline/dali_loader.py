@@ -39,35 +39,9 @@ def read_error(spec, error):
     else:
         cause = next((line for line in lines if not line.startswith(noise)), repr(error))
     cause = cause.split("failed: ", 1)[-1]
-    s3 = _s3_read_error(spec, lines)
-    if s3 is not None:
-        return s3
     where = f"{operator.removeprefix('nvidia.dali.fn.')}: " if operator else ""
     return Damage(f"{spec.out}: DALI could not read the {spec.split} shards ({where}{cause[:300]}); "
                   f"run `alexnet verify {spec.out}`")
-
-
-def _s3_read_error(spec, lines):
-    """One line for DALI's S3 client failing during an epoch (None for any other error): the
-    endpoint gone (curl could not connect: UserError, exit 2) or an object that is not there or
-    not readable (DALI reports both as "S3 Object not found": Damage, exit 1). The shards were
-    checked through boto3 before the epoch (pipeline.plan.check_split_files), so either changed
-    while it ran."""
-    import re
-
-    from shards.errors import Damage, UserError
-
-    text = " ".join(lines)
-    found = re.search(r"S3 Object not found\. bucket=(\S+) object=(\S+?):?(?:\s|$)", text)
-    if found is None:
-        return None
-    url = f"s3://{found.group(1)}/{found.group(2)}"
-    curl = re.search(r"curlCode: \d+, [^;]*", text)
-    if curl is not None:
-        return UserError(f"{url}: DALI lost the S3 endpoint while reading the {spec.split} shards "
-                         f"({curl.group(0)}); check AWS_ENDPOINT_URL and the network, then run the command again")
-    return Damage(f"{url}: DALI could not read it while reading the {spec.split} shards (the object is gone or "
-                  f"its access was refused); check the credentials and run `alexnet verify {spec.out}`")
 
 
 @dataclass
