@@ -7,10 +7,13 @@ and only then renames them to their final names: a file under its final name is 
 restart reuses it. The loader hands DALI the local copies of the tars that overlap this rank's
 slice of an epoch (`EpochSlice`), with trimmed indexes where the slice cuts a shard.
 
-Eviction (`cache_limit`): files held by a live pipeline (`hold`/`release`) are counted and never
-removed; of the rest, the one this rank reads again latest (or never, within the next epochs) goes
-first. Locking: one fcntl lock per file (`.locks/NAME`), so two processes on one cache directory
-download a file once; the second waits and then reads the finished copy.
+Eviction (`cache_limit`): files held by a pipeline (`make_room`/`release`), this process's or any
+other live process's on the same directory, are counted (at their full size before they arrive)
+and never removed; of the rest, the one this rank reads again latest (or never, within the next
+epochs) goes first. Locking: one fcntl lock per file (`.locks/NAME`), so two processes on one
+cache directory download a file once (the second waits and then reads the finished copy), and
+one lock per directory (`.locks/.holds`) under which a process publishes what it holds
+(`.holds/TOKEN.list`) and an evictor reads every live process's list before it removes anything.
 """
 from __future__ import annotations
 
@@ -19,8 +22,10 @@ import fcntl
 import hashlib
 import os
 import re
+import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -97,6 +102,8 @@ class ShardCache:
     downloaded: int = 0  # bytes fetched by this process
     busy: float = 0.0  # seconds spent fetching them (the download rate's denominator)
     fetched: list = field(default_factory=list, repr=False)  # tars this process downloaded, in order
+    over: int = 0  # the most bytes the directory held beyond the limit (processes sharing it, each
+    #                holding more at once than the limit leaves them): 0 when the limit held
 
     def __post_init__(self):
         from shards.store import open_store
@@ -106,6 +113,16 @@ class ShardCache:
         self.root = os.path.join(os.path.abspath(os.path.expanduser(self.cache_dir)), folder)
         self._check_writable()
         self._sizes = None
+        self._alive = None
+        with self._dir_lock():
+            self._register()
+
+    def _register(self) -> None:
+        """This object's `.holds/TOKEN.alive`, locked while it lives (dropped on close or exit);
+        made under the directory lock, so that no evictor sees it unlocked and takes it for dead."""
+        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._alive = open(os.path.join(self.root, ".holds", f"{self.token}.alive"), "wb")
+        fcntl.flock(self._alive, fcntl.LOCK_EX)
 
     def size(self, shard) -> int:
         """Bytes of a shard's tar and index on the server (one listing, then remembered)."""
@@ -118,6 +135,7 @@ class ShardCache:
         probe = os.path.join(self.root, f".probe-{os.getpid()}")
         try:
             os.makedirs(os.path.join(self.root, ".locks"), exist_ok=True)
+            os.makedirs(os.path.join(self.root, ".holds"), exist_ok=True)
             with open(probe, "wb"):
                 pass
             os.remove(probe)
@@ -140,16 +158,17 @@ class ShardCache:
     def fetch(self, piece: EpochSlice, key=None) -> tuple:
         """([tar paths], [index paths]) of `piece`, every file downloaded and verified; held under
         `key` (an epoch) until `release(key)`."""
-        self.make_room(piece.shards, key)
+        ranges = piece.ranges()
+        files = self._files(piece.shards)
+        # the trimmed indexes are the pipeline's too: held (at the full index's size) before they exist
+        files.update({self.index_path(s, a, b): self._sizes_of(s)[1] for s, a, b in ranges})
+        self.make_room(key, files)
         t0, before = time.perf_counter(), self.downloaded
         with ThreadPoolExecutor(min(self.connections, max(1, len(piece.shards)))) as pool:
             list(pool.map(self._ensure, piece.shards))
         if self.downloaded > before:
             with self._mutex:
                 self.busy += time.perf_counter() - t0
-        ranges = piece.ranges()
-        with self._mutex:  # the trimmed indexes are the pipeline's too: held before they are written
-            self._held.setdefault(key, set()).update(self.index_path(s, a, b) for s, a, b in ranges)
         return [self.tar_path(s) for s, _, _ in ranges], [self._trimmed(s, a, b) for s, a, b in ranges]
 
     def missing_bytes(self, piece: EpochSlice) -> int:
@@ -157,14 +176,14 @@ class ShardCache:
         return sum(self.size(s) for s in piece.shards
                    if not (os.path.exists(self.tar_path(s)) and os.path.exists(self.index_path(s))))
 
-    def hold(self, key, shards) -> None:
-        with self._mutex:
-            self._held[key] = {self.tar_path(s) for s in shards} | {self.index_path(s) for s in shards}
-
     def release(self, key) -> None:
         """The pipeline of `key` is dropped: its files may be evicted."""
-        with self._mutex:
-            self._held.pop(key, None)
+        if self._alive is None or self._alive.closed:
+            return
+        with self._dir_lock():
+            with self._mutex:
+                self._held.pop(key, None)
+            self._publish()
 
     def plan_reads(self, future: Dict[int, Sequence]) -> None:
         """{epoch: shards this rank reads in it}: the order eviction keeps files by."""
@@ -175,6 +194,21 @@ class ShardCache:
         with self._mutex:
             self._next_use = uses
 
+    def close(self) -> None:
+        """Nothing held any more: this process's list goes, and evictors may take every file (a
+        later `fetch` registers again)."""
+        if self._alive is None or self._alive.closed:
+            return
+        with self._dir_lock():
+            with self._mutex:
+                self._held.clear()
+            for suffix in (".list", ".alive"):
+                try:
+                    os.remove(os.path.join(self.root, ".holds", self.token + suffix))
+                except FileNotFoundError:
+                    pass
+        self._alive.close()
+
     # --- space ---------------------------------------------------------------------------------
     def used(self) -> int:
         """Bytes of the cache's files (verified copies, trimmed indexes, downloads under way)."""
@@ -184,33 +218,116 @@ class ShardCache:
                 total += entry.stat().st_size
         return total
 
-    def make_room(self, shards, key=None) -> None:
-        """Hold `shards` under `key` and evict unheld files, latest-read first, until the files of
-        `shards` still to download fit under the limit."""
-        self.hold(key, shards)
-        if self.limit is None:
-            return
-        need = sum(self.size(s) for s in shards if not os.path.exists(self.tar_path(s)))
+    def _sizes_of(self, shard) -> tuple:
+        if self._sizes is None:
+            self.size(shard)
+        return self._sizes.get(shard.tar, 0), self._sizes.get(shard.index, 0)
+
+    def _files(self, shards) -> Dict[str, int]:
+        """{local path: bytes once downloaded} of the tars and indexes of `shards`."""
+        files = {}
+        for s in shards:
+            tar, idx = self._sizes_of(s)
+            files[self.tar_path(s)], files[self.index_path(s)] = tar, idx
+        return files
+
+    def make_room(self, key, files: Dict[str, int]) -> None:
+        """Hold `files` ({path: bytes}) under `key`, then evict files nobody holds, latest-read
+        first, until everything held by any process (at full size, arrived or not) and every other
+        file fit under the limit.
+
+        Held files are published (`.holds/TOKEN.list`) and evictions made under the directory
+        lock, and a process holds a file before it looks for it or downloads it: an evictor
+        therefore never removes a file another process is about to read."""
+        with self._dir_lock():
+            if self._alive is None or self._alive.closed:  # used again after close()
+                self._register()
+            with self._mutex:
+                self._held[key] = dict(files)
+                uses = dict(self._next_use)
+            held = self._publish()
+            if self.limit is None:
+                return
+            held.update(self._held_elsewhere())
+            present = {e.path: e.stat().st_size for e in os.scandir(self.root) if e.is_file()}
+            # a file being written (a download's .part-PID, an index's .tmp) is counted at its final
+            # size among the held files; it is never a victim
+            writing = {p for p in present if ".part-" in p or p.endswith(".tmp")}
+            total = sum(n for p, n in present.items() if p not in writing and p not in held) + sum(held.values())
+            victims = sorted((p for p in present if p not in held and p not in writing),
+                             key=lambda p: -uses.get(p, 1 << 30))  # never read again: first
+            for path in victims:
+                if total <= self.limit:
+                    break
+                try:
+                    os.remove(path)
+                    total -= present[path]
+                except FileNotFoundError:
+                    pass
+            if total > self.limit and total - self.limit > self.over:
+                if not self.over:
+                    print(f"warning: {self.root}: the processes sharing this shard cache hold "
+                          f"{total} bytes at once, over --cache-limit {self.limit}: give each its own "
+                          f"--cache-dir or raise the limit", file=sys.stderr)
+                self.over = total - self.limit
+
+    # --- what every process holds -----------------------------------------------------------------
+    @contextmanager
+    def _dir_lock(self):
+        """The directory's lock: held while holds are published or read and while files are evicted."""
+        with open(os.path.join(self.root, ".locks", ".holds"), "wb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield  # closing the file drops the lock
+
+    def _publish(self) -> Dict[str, int]:
+        """Write what this process holds to its list (under the directory lock); return it."""
+        from shards.files import atomic_write
+
         with self._mutex:
-            held = set().union(*self._held.values()) if self._held else set()
-            uses = dict(self._next_use)
-        present = [e for e in os.scandir(self.root) if e.is_file()]
-        total = sum(e.stat().st_size for e in present)
-        # a file being written (a download's .part-PID, an index's .tmp) is its writer's: never a victim
-        writing = [e for e in present if ".part-" in e.name or e.name.endswith(".tmp")]
-        victims = sorted((e for e in present if e.path not in held and e not in writing),
-                         key=lambda e: -uses.get(e.path, 1 << 30))  # never read again: first
-        for e in victims:
-            if total + need <= self.limit:
-                break
-            with self._lock(os.path.basename(e.path), block=False) as got:
-                if got:
-                    try:
-                        size = e.stat().st_size
-                        os.remove(e.path)
-                        total -= size
-                    except FileNotFoundError:
-                        pass
+            held = {}
+            for files in self._held.values():
+                held.update(files)
+        lines = "".join(f"{os.path.basename(p)} {n}\n" for p, n in held.items())
+        atomic_write(os.path.join(self.root, ".holds", f"{self.token}.list"), lambda f: f.write(lines.encode()),
+                     fsync=False)
+        return held
+
+    def _held_elsewhere(self) -> Dict[str, int]:
+        """{path: bytes} held by the other live processes on this directory (under the directory
+        lock). A process whose `.alive` lock can be taken is gone: its list, its lock file and its
+        downloads under way (`.part-PID`) are removed."""
+        folder, held, dead = os.path.join(self.root, ".holds"), {}, []
+        for name in os.listdir(folder):
+            token = name[:-len(".alive")]
+            if not name.endswith(".alive") or token == self.token:
+                continue
+            with open(os.path.join(folder, name), "rb") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    dead.append(token)
+                    continue
+                except BlockingIOError:
+                    pass
+            try:
+                with open(os.path.join(folder, f"{token}.list")) as f:
+                    for line in f:
+                        path, n = line.rsplit(" ", 1)
+                        held[os.path.join(self.root, path)] = int(n)
+            except FileNotFoundError:  # not published yet
+                pass
+        live_pids = {t.split("-")[0] for t in os.listdir(folder) if t.endswith(".alive") and t[:-6] not in dead}
+        for token in dead:
+            for suffix in (".list", ".alive"):
+                try:
+                    os.remove(os.path.join(folder, token + suffix))
+                except FileNotFoundError:
+                    pass
+            pid = token.split("-")[0]
+            if pid not in live_pids:
+                for entry in os.scandir(self.root):
+                    if entry.name.endswith(f".part-{pid}"):
+                        os.remove(entry.path)
+        return held
 
     # --- one shard -------------------------------------------------------------------------------
     @contextmanager
@@ -308,16 +425,28 @@ class ShardCache:
             atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
         return path
 
-    def check_limit(self, slices: List[Sequence], where: str) -> None:
-        """UserError (exit 2, one line) when the limit cannot hold what the reader needs at once:
-        the largest pair of consecutive slices (one epoch's and the next one's)."""
+    def slice_bytes(self, shards: Sequence, slice_samples: int) -> int:
+        """The most bytes one rank's slice of `slice_samples` samples holds in any epoch, whatever
+        the shard order: as many shards as such a slice can overlap (one sample in each end shard,
+        the smallest shards whole between them), each at the largest size, and two trimmed indexes."""
+        overlap, room = 2, slice_samples - 2
+        for n in sorted(s.samples for s in shards):
+            if n > room:
+                break
+            room, overlap = room - n, overlap + 1
+        sizes = sorted((self.size(s) for s in shards), reverse=True)
+        return sum(sizes[:min(overlap, len(shards))]) + 2 * max(self._sizes_of(s)[1] for s in shards)
+
+    def check_limit(self, shards: Sequence, slice_samples: int, readers: int, where: str) -> None:
+        """UserError (exit 2, one line) when the limit cannot hold what the readers on this
+        directory hold at once: each one epoch's slice and the next one's (`slice_bytes`)."""
         if self.limit is None:
             return
-        sizes = [sum(self.size(s) for s in piece) for piece in slices]
-        need = max([a + b for a, b in zip(sizes, sizes[1:])] or sizes)
+        need = readers * 2 * self.slice_bytes(shards, slice_samples)
         if need > self.limit:
-            raise UserError(f"--cache-limit {self.limit} bytes is below what the reader of {where} holds at "
-                            f"once ({need} bytes: one epoch's slice and the next one's); raise it")
+            who = f"the {readers} ranks of this node hold" if readers > 1 else "the reader holds"
+            raise UserError(f"--cache-limit {self.limit} bytes is below what {who} of {where} at once "
+                            f"({need} bytes: one epoch's slice and the next one's); raise it")
 
     # --- progress --------------------------------------------------------------------------------
     def rate(self) -> float:

@@ -14,6 +14,7 @@ iterator trims the padding (LastBatchPolicy.PARTIAL); training drops the rest of
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +111,8 @@ class DaliLoader(EpochLoader):
             self._builder.shutdown(wait=True)
             self._builder = None
         ready = None
+        if self.cache is not None:  # nothing held: other processes may evict this one's files
+            self.cache.close()
 
     # --- one epoch's pipeline -------------------------------------------------------------
     def _take(self, epoch):
@@ -289,5 +292,8 @@ def build_loader(OUT, split, batch_size, device="cpu", **options) -> DaliLoader:
     require_dali()
     loader = DaliLoader(spec, manifest, norm, cache=cache)
     if cache is not None:  # a limit below one slice and the next: one line, before any download
-        cache.check_limit([loader.epoch_slice(e).shards for e in range(2 * spec.world_size)], spec.out)
+        # the ranks of one node (torchrun's LOCAL_WORLD_SIZE) share the default cache folder
+        readers = max(1, min(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), spec.world_size))
+        cache.check_limit(manifest.split(spec.split).shards, -(-loader.samples // spec.world_size), readers,
+                          spec.out)
     return loader

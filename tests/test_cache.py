@@ -132,25 +132,129 @@ def test_a_restart_reuses_the_verified_files(remote, tmp_path, monkeypatch):
 
 # --- the limit ----------------------------------------------------------------------------------
 
+def test_the_slice_bound_covers_every_epochs_slices(remote, tmp_path):
+    """`slice_bytes` bounds what any epoch's slice holds, for every rank and shard order: checked
+    against the slices of 40 epochs (each slice's tars, indexes and two trimmed indexes)."""
+    from pipeline import build_loader
+
+    for world_size in (1, 3, 4, 6):
+        loader = build_loader(remote, "train", 2, num_threads=1, world_size=world_size, seed=5,
+                              cache_dir=str(tmp_path))
+        shards, c = loader.manifest.split("train").shards, loader.cache
+        bound = c.slice_bytes(shards, -(-loader.samples // world_size))
+        biggest_index = max(c._sizes_of(s)[1] for s in shards)
+        seen = max(sum(c.size(s) for s in loader.epoch_slice(e).shards) + 2 * biggest_index for e in range(40))
+        assert seen <= bound <= seen + max(c.size(s) for s in shards) + 2 * biggest_index
+        loader.close()
+
+
 def test_the_cache_stays_under_its_limit(remote, local, tmp_path):
     from pipeline import build_loader
 
-    full = build_loader(remote, "train", 2, num_threads=1, world_size=4, seed=5, cache_dir=str(tmp_path / "full"))
-    total = sum(full.cache.size(s) for s in full.manifest.split("train").shards)
-    need = max(sum(full.cache.size(s) for s in full.epoch_slice(e).shards) for e in range(8))
+    full = build_loader(remote, "train", 2, num_threads=1, world_size=6, seed=5, cache_dir=str(tmp_path / "full"))
+    shards = full.manifest.split("train").shards
+    total = sum(full.cache.size(s) for s in shards)
+    limit = 2 * full.cache.slice_bytes(shards, -(-full.samples // 6))  # one slice and the next
     full.close()
-    limit = 2 * need + 4096  # one slice and the next, and room for trimmed indexes
     assert limit < total
-    loader = build_loader(remote, "train", 2, num_threads=1, world_size=4, cache_dir=str(tmp_path / "small"),
+    loader = build_loader(remote, "train", 2, num_threads=1, world_size=6, cache_dir=str(tmp_path / "small"),
                           cache_limit=limit, seed=5)
-    disk = build_loader(local, "train", 2, num_threads=1, world_size=4, seed=5)
+    disk = build_loader(local, "train", 2, num_threads=1, world_size=6, seed=5)
     try:
-        for epoch in range(6):
+        for epoch in range(10):
             same(batches(loader, epoch), batches(disk, epoch))
             assert loader.cache.used() <= limit
+        assert loader.cache.over == 0 and loader.cache.downloaded > 1.5 * limit  # files were evicted
     finally:
         loader.close()
         disk.close()
+
+
+def test_a_limit_for_the_ranks_of_one_node(remote, tmp_path, monkeypatch):
+    """torchrun's ranks of one node share the cache folder: the limit must hold all their slices."""
+    from pipeline import build_loader
+
+    probe = build_loader(remote, "train", 2, num_threads=1, world_size=4, cache_dir=str(tmp_path))
+    one = 2 * probe.cache.slice_bytes(probe.manifest.split("train").shards, -(-probe.samples // 4))
+    probe.close()
+    build_loader(remote, "train", 2, num_threads=1, world_size=4, cache_dir=str(tmp_path), cache_limit=one).close()
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=f"below what the 2 ranks of this node hold .* \\({2 * one} bytes"):
+        build_loader(remote, "train", 2, num_threads=1, world_size=4, cache_dir=str(tmp_path), cache_limit=one)
+    build_loader(remote, "train", 2, num_threads=1, world_size=4, cache_dir=str(tmp_path), cache_limit=2 * one).close()
+
+
+def test_another_process_never_evicts_what_this_one_holds(remote, local, tmp_path):
+    """Two processes on one directory under a tight limit: files the first holds (its slice,
+    downloaded, not yet read by a pipeline) survive the second's evictions, and the second's
+    count includes them; once the first lets go (close, or its process ends) they may go."""
+    import subprocess
+    import sys
+
+    from pipeline.cache import ShardCache, epoch_slice
+    from shards import Manifest
+
+    cache_dir = str(tmp_path / "cache")
+    a = ShardCache(remote, cache_dir)
+    shards = Manifest.load(local).split("train").shards
+    mine = epoch_slice(shards, 0, shards[0].samples + 1)  # the first two shards
+    tars, _ = a.fetch(mine, key=0)
+    assert all(os.path.exists(t) for t in tars)
+    limit = sum(a.size(s) for s in shards[:4]) + 8192  # room for two more shards beside the held two
+    code = f"""
+import sys
+from pipeline.cache import ShardCache, epoch_slice
+from shards import Manifest
+shards = Manifest.load({local!r}).split("train").shards
+b = ShardCache({remote!r}, {cache_dir!r}, limit={limit})
+for i in range(2, len(shards) - 1):  # every pair of later shards in turn: each pass must evict
+    b.fetch(epoch_slice(shards[i:], 0, shards[i].samples + 1), key=i)
+    b.release(i)
+print(b.over)
+"""
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert all(os.path.exists(t) for t in tars)  # held by this process: never evicted
+    assert int(out.stdout.split()[-1]) == 0  # and the other stayed under the limit, counting them
+    a.close()  # let go: the next process may evict them
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not all(os.path.exists(t) for t in tars)
+
+
+def test_a_dead_process_holds_nothing(remote, local, tmp_path):
+    """A process killed while holding files (no close): the next evictor finds its lock free,
+    drops its list and its half-written downloads, and may evict its files."""
+    import subprocess
+    import sys
+
+    from pipeline.cache import ShardCache, epoch_slice
+    from shards import Manifest
+
+    cache_dir = str(tmp_path / "cache")
+    code = f"""
+import os
+from pipeline.cache import ShardCache, epoch_slice
+from shards import Manifest
+shards = Manifest.load({local!r}).split("train").shards
+a = ShardCache({remote!r}, {cache_dir!r})
+a.fetch(epoch_slice(shards, 0, shards[0].samples), key=0)
+open(os.path.join(a.root, "stale.tar.part-%d" % os.getpid()), "wb").write(b"x" * 100)
+os._exit(0)  # no close, no destructors
+"""
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shards = Manifest.load(local).split("train").shards
+    b = ShardCache(remote, cache_dir, limit=1)
+    holds = os.path.join(b.root, ".holds")
+    assert len(os.listdir(holds)) == 3  # the dead one's list and lock, b's lock
+    b.make_room("x", {})
+    assert sorted(os.listdir(holds)) == [f"{b.token}.alive", f"{b.token}.list"]
+    assert not os.path.exists(b.tar_path(shards[0]))  # not held by anyone alive: evicted under the limit
+    assert not [n for n in os.listdir(b.root) if ".part-" in n]
+    b.close()
 
 
 def test_a_limit_below_two_slices_is_refused_before_any_download(remote, tmp_path, monkeypatch):
