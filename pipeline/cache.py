@@ -371,7 +371,7 @@ class ShardCache:
         config = TransferConfig(max_concurrency=4, multipart_threshold=64 << 20, num_download_attempts=5)
         try:
             self.store.client.download_file(self.store.bucket, self.store.key(name), dest, Config=config)
-        except OSError as e:
+        except OSError as e:  # the transfer manager lets the local file's errors through
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
                              f"free space or pass a smaller --cache-limit") from None
@@ -379,10 +379,6 @@ class ShardCache:
         except Exception as e:  # botocore's errors once the transfer manager's retries are spent
             from shards.store import _raised
 
-            cause = getattr(e, "__cause__", None) or getattr(e, "__context__", None)
-            if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
-                             f"free space or pass a smaller --cache-limit") from None
             error = _raised(e, url, self.store.client)
             if isinstance(error, UserError):  # the endpoint gone, credentials refused: exit 2
                 raise error from None

@@ -2,6 +2,7 @@
 (tests/s3kit.py): the same batches as from local disk, a slice's tars only, verified files only,
 a limit kept, a restart that downloads nothing, and each fault as one line with its exit code."""
 import errno
+import io
 import os
 
 import boto3  # noqa: F401 (the [dev] extra)
@@ -328,19 +329,27 @@ def test_the_transfer_manager_retries_a_cut_stream(remote, tmp_path, monkeypatch
 
 
 def test_a_full_disk_removes_the_partial_file(remote, tmp_path, monkeypatch):
+    """The disk fills while boto3's transfer manager writes a tar (its own file writes fail with
+    ENOSPC after 1000 bytes, as a full disk fails them): exit 1 naming the cache, nothing left."""
+    import s3transfer.utils
+
     from pipeline import build_loader
 
-    def full(self, bucket, key, filename, *a, **kw):
-        with open(filename, "wb") as f:
-            f.write(b"x" * 100)
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class FillsUp(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
 
+    writes = []
     loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
-    monkeypatch.setattr(type(loader.cache.store.client), "download_file", full, raising=False)
-    with pytest.raises(Damage, match="the disk of the shard cache is full") as e:
+    monkeypatch.setattr(s3transfer.utils.OSUtils, "open",
+                        lambda self, name, mode: writes.append(name) or FillsUp(name, mode))
+    with pytest.raises(Damage, match=f"^{tmp_path}/shards__c__v1/val-00000.*: the disk of the shard cache is full "
+                                     f"while downloading s3://shards/c/v1/val-") as e:
         list(loader)
     loader.close()
-    assert e.value.exit_code == 1
+    assert e.value.exit_code == 1 and "\n" not in str(e.value) and writes
     assert not [p for p in (tmp_path / "shards__c__v1").iterdir() if p.is_file()]
 
 
