@@ -518,3 +518,30 @@ def test_the_next_epochs_pipeline_prepared_ahead_reads_the_cache_too(remote, loc
     finally:
         s3.close()
         disk.close()
+
+
+def test_eval_figures_and_profile_read_through_the_cache(remote, local, tmp_path):
+    """Every command that reads shards takes --cache-dir and --cache-limit and reads s3:// through
+    the cache: eval and figures fill the folder they are given, a limit too small is refused."""
+    from samplekit import cli, one_line_error
+    from trainkit import train_run
+
+    run = tmp_path / "run"
+    train_run(local, run, epochs=1, max_steps=1, num_threads=1, batch_size=4)
+    ckpt = str(run / "last.pt")
+
+    def cached(folder):
+        return sorted(p.name for p in (tmp_path / folder).glob("*/*.tar"))
+
+    r = cli("eval", remote, ckpt, "--device", "cpu", "--batch-size", "4", "--cache-dir", str(tmp_path / "e"))
+    assert r.exit_code == 0, r.output
+    assert cached("e") and all(n.startswith("val-") for n in cached("e"))
+    r = cli("figures", remote, ckpt, "--out", str(tmp_path / "fig"), "--device", "cpu",
+            "--cache-dir", str(tmp_path / "f"))
+    assert r.exit_code == 0, r.output
+    assert {n.split("-")[0] for n in cached("f")} == {"train", "val"}  # neighbours: the training images too
+    for command in (["eval", remote, ckpt], ["figures", remote, ckpt, "--out", str(tmp_path / "fig2")],
+                    ["profile", remote, "--width", "0.125", "--batch-size", "4"]):
+        one_line_error(cli(*command, "--device", "cpu", "--cache-dir", str(tmp_path / "x"), "--cache-limit", "1K"),
+                       2, ["--cache-limit 1024 bytes is below"])
+    assert not cached("x")

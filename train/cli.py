@@ -141,6 +141,16 @@ def _size(value):
     return value
 
 
+def _cache_options(command):
+    """--cache-dir and --cache-limit (s3:// shards: pipeline.cache), for every command that reads shards."""
+    command = _opt("--cache-limit", field="cache_limit", metavar="SIZE", callback=lambda ctx, p, v: _size(v),
+                   help="s3:// SHARDS: most bytes the shard cache may hold, e.g. 40G (default: no limit; at least "
+                        "one epoch's slice and the next one's per rank of this node).")(command)
+    return _opt("--cache-dir", field="cache_dir", type=click.Path(file_okay=False),
+                help="s3:// SHARDS: where whole shards are downloaded and verified before they are read (default: "
+                     "$XDG_CACHE_HOME/alexnet, else ~/.cache/alexnet; one folder per bucket and prefix).")(command)
+
+
 class FiniteRange(click.FloatRange):
     """click's FloatRange that also refuses nan and infinities (nan passes every comparison of
     click's own range check): an option value, one line naming the option and its range."""
@@ -220,12 +230,7 @@ LIGHTING = FiniteRange(0, 10)
            "size; 0: keep every one).")
 @_opt("--threads", field="num_threads", type=click.IntRange(1),
       help="DALI worker threads (default: this process's share of the CPU cores).")
-@_opt("--cache-dir", field="cache_dir", type=click.Path(file_okay=False),
-      help="s3:// SHARDS: where whole shards are downloaded and verified before they are read (default: "
-           "$XDG_CACHE_HOME/alexnet, else ~/.cache/alexnet; one folder per bucket and prefix).")
-@_opt("--cache-limit", field="cache_limit", metavar="SIZE", callback=lambda ctx, p, v: _size(v),
-      help="s3:// SHARDS: most bytes the shard cache may hold, e.g. 40G (default: no limit; at least one "
-           "epoch's slice and the next one's).")
+@_cache_options
 @_opt("--verify-shards/--no-verify-shards", field="verify_shards",
       help="Check every shard's sha256 against the manifest before training (one core hashes 1-1.4 GB/s; "
            "in parallel; remembered in OUT/shard-hashes.json, so a resume does not hash again).")
@@ -326,8 +331,9 @@ def _run_trainer(cfg):
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over ten patches (Section 4.1).")
 @_opt("--device", field="device", type=click.Choice(DEVICE_CHOICES))
 @_opt("--batch-size", field="batch_size", type=click.IntRange(1))
+@_cache_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on one line.")
-def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
+def evaluate(shards, checkpoints, ten_crop, device, batch_size, cache_dir, cache_limit, as_json):
     """Top-1 and top-5 error of CHECKPOINTS on the validation split of SHARDS.
 
     Several checkpoints are an ensemble: their softmax outputs are averaged (Section 6, Table
@@ -345,7 +351,7 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
     _check_shards(shards, VAL)
     devices, _ = _placement(device)
     r = _library_errors(evaluate_checkpoints, shards, checkpoints, ten_crop=ten_crop, devices=devices,
-                        batch_size=batch_size)
+                        batch_size=batch_size, cache_dir=cache_dir, cache_limit=cache_limit)
     if len(checkpoints) == 1:
         record_evaluation(checkpoints[0], shards, r)
     if as_json:
@@ -371,6 +377,7 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
 @_opt("--handoff", field="handoff", type=click.Choice(HANDOFFS), help="As `alexnet train --handoff`.")
 @_opt("--cpu-decode", field="cpu_decode", type=FiniteRange(0, 1), help="As `alexnet train --cpu-decode`.")
 @_opt("--step-stream/--no-step-stream", field="step_stream", help="As `alexnet train --step-stream`.")
+@_cache_options
 @click.option("--batches", type=click.IntRange(1), default=20, show_default=True, help="Timed batches per measurement.")
 @click.option("--epochs", type=click.IntRange(2), default=None,
               help="Time the loader feeding the model over this many whole epochs (each apart, and the data "
@@ -386,7 +393,7 @@ def evaluate(shards, checkpoints, ten_crop, device, batch_size, as_json):
               help="Chrome trace (JSON) of a few fed steps, CUDA kernels included, and a summary of the GPU time "
                    "of the model's kernels, the loader's, and their overlap.")
 def profile(shards, device, width, init, batch_size, compile_, compile_mode, conv, handoff, cpu_decode, step_stream,
-            batches, epochs, warmup, peer_workers, as_json, stages, plot, trace):
+            cache_dir, cache_limit, batches, epochs, warmup, peer_workers, as_json, stages, plot, trace):
     """Measure input throughput against model throughput on SHARDS, and against a stock loader.
 
     The model runs the training step of `alexnet train` with its defaults (Section 5's SGD).
@@ -409,7 +416,7 @@ def profile(shards, device, width, init, batch_size, compile_, compile_mode, con
     say = (lambda m: click.echo(m, err=True))
     cfg = TrainConfig(shards=shards, width=width, init=init, batch_size=batch_size, device=device, compile=compile_,
                       compile_mode=compile_mode, conv=conv, handoff=handoff, cpu_decode=cpu_decode,
-                      step_stream=step_stream)
+                      step_stream=step_stream, cache_dir=cache_dir, cache_limit=cache_limit)
     # the loader is built first: a bad size or a missing DALI is one line before any timing
     r = _library_errors(run_profile, cfg, devices=devices, batches=batches, warmup=warmup, peer_workers=peer_workers,
                         progress=say, stages=stages, epochs=epochs, trace=trace)
@@ -429,7 +436,8 @@ def profile(shards, device, width, init, batch_size, compile_, compile_mode, con
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNG files.")
 @_opt("--device", field="device", type=click.Choice(DEVICE_CHOICES))
-def figures(shards, checkpoint, out, device):
+@_cache_options
+def figures(shards, checkpoint, out, device, cache_dir, cache_limit):
     """The paper's qualitative figures (Section 6.1) for CHECKPOINT, as PNG files in OUT.
 
     kernels.png (Figure 3: conv1 kernels, one block per column), predictions.png (Figure 4 left:
@@ -449,7 +457,7 @@ def figures(shards, checkpoint, out, device):
     state = _library_errors(load_checkpoint, checkpoint, mmap=True)
     _library_errors(check_classes, checkpoint, state, shards, m)  # before any PNG is written
     os.makedirs(out, exist_ok=True)
-    paths = make_figures(shards, checkpoint, out, devices=devices)
+    paths = make_figures(shards, checkpoint, out, devices=devices, cache_dir=cache_dir, cache_limit=cache_limit)
     for note in paths.pop("notes", []):
         click.echo(f"figures: note: {note}", err=True)
     for name, path in paths.items():

@@ -71,7 +71,8 @@ def evaluate_checkpoint(shards, checkpoint, ten_crop=False, devices=None, batch_
     return evaluate_checkpoints(shards, [checkpoint], ten_crop, devices, batch_size)
 
 
-def evaluate_checkpoints(shards, checkpoints, ten_crop=False, devices=None, batch_size=128) -> dict:
+def evaluate_checkpoints(shards, checkpoints, ten_crop=False, devices=None, batch_size=128, cache_dir=None,
+                         cache_limit=None) -> dict:
     """{"top1_error", "top5_error", "loss", "samples", "ten_crop", "step", "checkpoints"} on the
     validation split of `shards`: one checkpoint, or an ensemble whose softmax outputs are
     averaged (Section 6, Table 2: "averaging the predictions of five similar CNNs"); with
@@ -99,7 +100,7 @@ def evaluate_checkpoints(shards, checkpoints, ten_crop=False, devices=None, batc
     for path in checkpoints:
         model, state = model_from_checkpoint(path, devices=devices)
         loader = build_loader(shards, VAL, batch_size, device=device, ten_crop=ten_crop,
-                              mean=model.config["input_norm"])
+                              mean=model.config["input_norm"], cache_dir=cache_dir, cache_limit=cache_limit)
         try:
             probs, y = predict(model, loader, device)
         finally:

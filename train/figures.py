@@ -150,7 +150,7 @@ def _take(loader, n):
 
 
 def make_figures(shards, checkpoint, out_dir, devices=None, n_predictions=8, n_neighbours=5, n_train=None,
-                 batch_size=64, k=NEIGHBOURS_K, progress=False):
+                 batch_size=64, k=NEIGHBOURS_K, progress=False, cache_dir=None, cache_limit=None):
     """Write the figures of Section 6.1 for a checkpoint; returns {name: path}.
 
     `n_predictions` validation images for predictions.png, `n_neighbours` validation queries
@@ -169,7 +169,8 @@ def make_figures(shards, checkpoint, out_dir, devices=None, n_predictions=8, n_n
     os.makedirs(out_dir, exist_ok=True)
     manifest = Manifest.load(shards)
     model, _ = model_from_checkpoint(checkpoint, devices=devices)
-    fig = _Figures(shards, manifest, model, out_dir, devices[0] if devices else "cpu", batch_size)
+    fig = _Figures(shards, manifest, model, out_dir, devices[0] if devices else "cpu", batch_size,
+                   dict(cache_dir=cache_dir, cache_limit=cache_limit))
     fig.kernels()
     queries = fig.validation_images(max(n_predictions, n_neighbours))
     if queries is not None and n_predictions > 0:
@@ -192,9 +193,9 @@ class _Figures:
     """The figures of one checkpoint: each method draws one and records its paths in `out`, or
     records in `notes` why it could not."""
 
-    def __init__(self, shards, manifest, model, out_dir, in_device, batch_size):
+    def __init__(self, shards, manifest, model, out_dir, in_device, batch_size, cache=None):
         self.shards, self.manifest, self.model, self.out_dir = shards, manifest, model.eval(), out_dir
-        self.in_device, self.batch_size = in_device, batch_size
+        self.in_device, self.batch_size, self.cache = in_device, batch_size, cache or {}  # s3://: the shard cache
         self.names = [c.name or c.wnid for c in manifest.classes]
         self.input_norm = model.config["input_norm"]  # what training fed the model, from the checkpoint
         if self.input_norm == "image":
@@ -216,7 +217,8 @@ class _Figures:
     def loader(self, split, **kwargs):
         from pipeline import build_loader  # train never opens a tar: the pipeline reads the shards
 
-        return build_loader(self.shards, split, self.batch_size, self.in_device, mean=self.input_norm, **kwargs)
+        return build_loader(self.shards, split, self.batch_size, self.in_device, mean=self.input_norm,
+                            **self.cache, **kwargs)
 
     def kernels(self):
         """Figure 3: the conv1 kernels, one block per column."""
