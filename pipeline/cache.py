@@ -102,6 +102,9 @@ class ShardCache:
     downloaded: int = 0  # bytes fetched by this process
     busy: float = 0.0  # seconds spent fetching them (the download rate's denominator)
     fetched: list = field(default_factory=list, repr=False)  # tars this process downloaded, in order
+    _fetching: int = field(default=0, repr=False)  # fetches running now
+    _busy_since: float = field(default=0.0, repr=False)
+    _busy_counted: int = field(default=0, repr=False)  # `downloaded` when `busy` last grew
     over: int = 0  # the most bytes the directory held beyond the limit (processes sharing it, each
     #                holding more at once than the limit leaves them): 0 when the limit held
 
@@ -163,12 +166,19 @@ class ShardCache:
         # the trimmed indexes are the pipeline's too: held (at the full index's size) before they exist
         files.update({self.index_path(s, a, b): self._sizes_of(s)[1] for s, a, b in ranges})
         self.make_room(key, files)
-        t0, before = time.perf_counter(), self.downloaded
-        with ThreadPoolExecutor(min(self.connections, max(1, len(piece.shards)))) as pool:
-            list(pool.map(self._ensure, piece.shards))
-        if self.downloaded > before:
+        with self._mutex:  # `busy` counts the time any fetch runs once, however many overlap
+            self._fetching += 1
+            if self._fetching == 1:
+                self._busy_since = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(min(self.connections, max(1, len(piece.shards)))) as pool:
+                list(pool.map(self._ensure, piece.shards))
+        finally:
             with self._mutex:
-                self.busy += time.perf_counter() - t0
+                self._fetching -= 1
+                if self._fetching == 0 and self.downloaded > self._busy_counted:
+                    self.busy += time.perf_counter() - self._busy_since
+                    self._busy_counted = self.downloaded
         return [self.tar_path(s) for s, _, _ in ranges], [self._trimmed(s, a, b) for s, a, b in ranges]
 
     def missing_bytes(self, piece: EpochSlice) -> int:

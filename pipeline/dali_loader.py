@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ class DaliLoader(EpochLoader):
     _builder: object = field(default=None, repr=False)
     _handoff: object = field(default=None, repr=False)  # pipeline.handoff.Handoff (uint8 hand-off)
     cache: object = field(default=None, repr=False)  # pipeline.cache.ShardCache of an s3:// directory
+    end_epoch: Optional[int] = None  # no epoch from this one on is prepared or downloaded ahead (a run's epochs)
 
     @property
     def device(self) -> torch.device:
@@ -86,9 +88,10 @@ class DaliLoader(EpochLoader):
             for b, batch in enumerate(it):
                 if b >= plan.batches:
                     break
-                if b == 0 and self.spec.prepare_next:
+                ahead = b == 0 and (self.end_epoch is None or self.epoch < self.end_epoch)
+                if ahead and self.spec.prepare_next:
                     self._prepare(self.epoch)  # the epoch a plain loop iterates next
-                elif b == 0 and self.cache is not None:
+                elif ahead and self.cache is not None:
                     self._download_ahead(self.epoch)  # its slice only: no pipeline built on the cores
                 yield finish(batch[0]["images"], b * self.spec.batch_size), self._labels(batch[0]["labels"])
         except RuntimeError as e:  # DALI's reader or decoder: the shards are damaged

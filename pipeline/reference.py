@@ -17,6 +17,11 @@ Workers: the epoch's batches are cut into `num_workers` contiguous runs, one per
 each worker reads only the shards its run covers (as a stock webdataset setup splits shards
 over workers), so a batch holds the same images whatever the worker count; the DataLoader
 interleaves the workers' batches, so with two or more workers the batch order differs.
+
+An s3:// shard directory is read through the local shard cache (`pipeline.cache`), as the DALI
+loader reads it: each epoch first downloads and verifies the tars of this rank's slice
+(`epoch_slice`), reads their local copies, and releases them to eviction when the epoch's
+iteration ends.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.draws import CROP, TEN_CROP_VIEWS, Draws, epoch_draws
 from pipeline.normalise import Normalisation, load_normalisation
 from pipeline.plan import EpochLoader, LoaderSpec, loader_spec, open_split
-from shards.store import is_s3_url, store_of
+from shards.store import is_s3_url
 
 
 def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarray, norm: Normalisation,
@@ -55,12 +60,6 @@ def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarra
     return np.stack(out) if ten_crop else out[0]
 
 
-def _open(url: str):
-    """A stream of a shard's bytes, wherever it is (shards.store)."""
-    store, name = store_of(url)
-    return store.open(name)
-
-
 def decode(jpeg: bytes) -> np.ndarray:
     """A JPEG's pixels, uint8 H×W×3 RGB, through PIL."""
     from PIL import Image
@@ -73,13 +72,15 @@ def decode(jpeg: bytes) -> np.ndarray:
 class _Epoch(IterableDataset):
     """One epoch of one rank; each DataLoader worker yields its run of whole batches."""
 
-    tars: list  # in the epoch's shard order
+    tars: list  # local paths, in the epoch's shard order: every shard, or (s3://, cached) the slice's only
     counts: list  # samples per tar, in the same order
     spec: LoaderSpec
     norm: Normalisation
     epoch: int
     draws: Draws
     shuffle_buffer: int
+    samples: int  # of the split (the plan's n)
+    first: int = 0  # the epoch's stream position of tars[0]'s first sample
 
     def _read(self, a: int, b: int):
         """Samples [a, b) of the split in the epoch's shard order, through the stock webdataset reader."""
@@ -87,16 +88,15 @@ class _Epoch(IterableDataset):
 
         if b <= a:
             return iter(())
+        a, b = a - self.first, b - self.first  # positions in self.tars' stream
+        if a < 0 or b > sum(self.counts):
+            raise IndexError(f"samples [{a + self.first}, {b + self.first}) of epoch {self.epoch}: outside the "
+                             f"tars this epoch was given (from {self.first}, {sum(self.counts)} samples)")
         ends = list(itertools.accumulate(self.counts))
         first, last = bisect_right(ends, a), bisect_right(ends, b - 1)
         skip = a - (ends[first - 1] if first else 0)
         tars = self.tars[first:last + 1]
-        if any(is_s3_url(t) for t in tars):  # webdataset has no s3:// opener: its tar reader on boto3's streams
-            from webdataset.tariterators import group_by_keys, tar_file_expander
-
-            ds = group_by_keys(tar_file_expander({"url": t, "stream": _open(t)} for t in tars))
-        else:
-            ds = wds.WebDataset(tars, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+        ds = wds.WebDataset(tars, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
         return itertools.islice(ds, skip, skip + (b - a))
 
     def _shuffled(self, samples, worker):
@@ -122,7 +122,7 @@ class _Epoch(IterableDataset):
 
     def __iter__(self):
         o, B = self.spec, self.spec.batch_size
-        plan = o.plan(sum(self.counts), self.epoch)
+        plan = o.plan(self.samples, self.epoch)
         info = get_worker_info()
         w, k = (info.id, info.num_workers) if info else (0, 1)
         b0, b1 = plan.batches * w // k, plan.batches * (w + 1) // k
@@ -150,13 +150,15 @@ class ReferenceLoader(EpochLoader):
     """Iterable of (images, labels) CPU tensors, one epoch per iteration, like DaliLoader."""
 
     spec: LoaderSpec
-    tars: list = field(repr=False)  # in shard order
+    tars: list = field(repr=False)  # in shard order (s3:// URLs, never opened: the cache's copies are read)
     counts: list = field(repr=False)  # samples per tar
     norm: Normalisation = field(repr=False)
     num_workers: int = 2
     draws: Optional[Union[Draws, Callable[[int], Draws]]] = None
     shuffle_buffer: int = 4096
     epoch: int = 0
+    shards: list = field(default=None, repr=False)  # shards.manifest.ShardInfo, in shard order
+    cache: object = field(default=None, repr=False)  # pipeline.cache.ShardCache of an s3:// directory
 
     @property
     def samples(self) -> int:
@@ -171,27 +173,62 @@ class ReferenceLoader(EpochLoader):
         o = self.spec
         return epoch_draws(o.seed, o.rank, epoch, max(1, self.plan(epoch).samples), o.augment, o.lighting)
 
+    def epoch_slice(self, epoch: int):
+        """The shards this rank reads in `epoch` (pipeline.cache.EpochSlice), as the DALI loader's."""
+        from pipeline.cache import epoch_slice
+
+        plan = self.plan(epoch)
+        return epoch_slice(self.spec.in_epoch_order(self.shards, epoch), plan.start, plan.stop)
+
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        shards = self.spec.in_epoch_order(list(zip(self.tars, self.counts)), epoch)
-        dataset = _Epoch([t for t, _ in shards], [c for _, c in shards], self.spec, self.norm, epoch,
-                         self.epoch_draws(epoch), self.shuffle_buffer)
-        yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers)
+        batches = None
+        try:
+            if self.cache is None:
+                shards = self.spec.in_epoch_order(list(zip(self.tars, self.counts)), epoch)
+                tars, counts, first = [t for t, _ in shards], [c for _, c in shards], 0
+            else:  # s3://: the slice's tars, downloaded and verified, held under `epoch` until the end
+                from pipeline.cache import HORIZON
+
+                piece = self.epoch_slice(epoch)
+                self.cache.plan_reads({e: self.epoch_slice(e).shards for e in range(epoch + 1, epoch + 1 + HORIZON)})
+                tars, _ = self.cache.fetch(piece, epoch)
+                counts, first = [s.samples for s in piece.shards], self.plan(epoch).start - piece.skip
+            dataset = _Epoch(tars, counts, self.spec, self.norm, epoch, self.epoch_draws(epoch), self.shuffle_buffer,
+                             self.samples, first)
+            batches = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers))
+            yield from batches
+        finally:  # the epoch ended, failed or was abandoned: its workers stop, then its tars may be evicted
+            del batches
+            if self.cache is not None:
+                self.cache.release(epoch)
+
+    def close(self) -> None:
+        """Let go of the shard cache (s3://): nothing of this loader's is held any more (as DaliLoader.close)."""
+        if self.cache is not None:
+            self.cache.close()
 
 
 def build_reference_loader(OUT, split, batch_size, rank=0, world_size=1, seed=0, augment=None, lighting=None,
                            mean="image", ten_crop=False, num_workers=2, shuffle=None, drop_last=None, draws=None,
-                           shuffle_buffer=4096) -> ReferenceLoader:
-    """The reference loader of a split; the options mean what they mean for `build_loader`.
+                           shuffle_buffer=4096, cache_dir=None, cache_limit=None) -> ReferenceLoader:
+    """The reference loader of a split; the options mean what they mean for `build_loader`
+    (cache_dir and cache_limit: an s3:// OUT is read through the local shard cache, pipeline.cache).
 
     `draws`: explicit per-position draws (a `Draws`, or a function epoch → `Draws`) instead of
     `epoch_draws(seed, rank, epoch, …)`.
     """
     spec = loader_spec(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
-                       shuffle, drop_last)
+                       shuffle, drop_last, cache_dir=cache_dir, cache_limit=cache_limit)
+    cache = None
+    if is_s3_url(spec.out):  # an unwritable cache folder: exit 2 before any work
+        from pipeline.cache import ShardCache
+
+        cache = ShardCache(spec.out, spec.cache_dir, spec.cache_limit)
     manifest = open_split(spec)
     norm = load_normalisation(OUT, manifest, mean)
     tars = [t for t, _ in manifest.shard_paths(OUT, split)]
-    return ReferenceLoader(spec, tars, [s.samples for s in manifest.split(split).shards], norm, num_workers,
-                           draws, shuffle_buffer)
+    shards = manifest.split(split).shards
+    return ReferenceLoader(spec, tars, [s.samples for s in shards], norm, num_workers, draws, shuffle_buffer,
+                           shards=shards, cache=cache)

@@ -545,3 +545,20 @@ def test_eval_figures_and_profile_read_through_the_cache(remote, local, tmp_path
         one_line_error(cli(*command, "--device", "cpu", "--cache-dir", str(tmp_path / "x"), "--cache-limit", "1K"),
                        2, ["--cache-limit 1024 bytes is below"])
     assert not cached("x")
+
+
+def test_nothing_is_downloaded_ahead_of_the_last_epoch(remote, tmp_path):
+    """A run of 2 epochs (the trainer sets end_epoch): epoch 0 downloads epoch 1's slice ahead,
+    epoch 1 downloads nothing for an epoch 2 that never comes."""
+    from pipeline import build_loader
+
+    loader = build_loader(remote, "train", 4, num_threads=1, world_size=3, seed=3, cache_dir=str(tmp_path))
+    loader.end_epoch = 2
+    slices = [{s.tar for s in loader.epoch_slice(e).shards} for e in range(3)]
+    assert slices[2] - slices[0] - slices[1]  # epoch 2's slice has tars the first two do not
+    try:
+        for _ in range(2):
+            list(loader)
+    finally:
+        loader.close()  # waits for any download ahead
+    assert set(loader.cache.fetched) == slices[0] | slices[1]

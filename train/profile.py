@@ -168,7 +168,8 @@ def run_profile(cfg, devices=None, batches=20, warmup=3, peer_workers=None, prog
     result["fed_ratio"] = result["end_to_end"]["img_s"] / result["model"]["img_s"]  # what training loses to its input
 
     progress(f"profile: reference loader (webdataset + PIL + DataLoader, {peer_workers} workers)")
-    peer = build_reference_loader(cfg.shards, TRAIN, n, num_workers=peer_workers, mean=cfg.input_norm)
+    peer = build_reference_loader(cfg.shards, TRAIN, n, num_workers=peer_workers, mean=cfg.input_norm,
+                                  cache_dir=cfg.cache_dir, cache_limit=cfg.cache_limit)  # s3://: the same cache
     # every worker's first batch is built during start-up: warm up until all have delivered
     peer_warmup = max(warmup, peer_workers)
     result["peer"] = _timing(time_loader(peer, batches, peer_warmup, device))

@@ -129,6 +129,7 @@ class Trainer:
                       dtype=input_dtype_for(cfg, self.device), cache_dir=cfg.cache_dir,
                       cache_limit=cfg.cache_limit)
         train = build_loader(cfg.shards, TRAIN, cfg.batch_size, lighting=cfg.lighting, **common)
+        train.end_epoch = cfg.epochs  # the last epoch neither builds nor downloads one ahead
         val = build_loader(cfg.shards, VAL, cfg.batch_size, **common) if VAL in self.manifest.splits else None
         return train, val
 
