@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 from shards.errors import Damage, UserError
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+TRIMMED = re.compile(r"\.\d+-\d+\.idx$")  # a trimmed index's name: <stem>.<sha>.<a>-<b>.idx
 HORIZON = 4  # epochs ahead looked at to decide which file this rank reads again soonest
 
 
@@ -192,8 +193,16 @@ class ShardCache:
             return
         with self._dir_lock():
             with self._mutex:
-                self._held.pop(key, None)
-            self._publish()
+                files = self._held.pop(key, None) or {}
+            held = self._publish()
+            # a trimmed index serves one slice: removed once nobody holds it (a later slice with the
+            # same cut writes it again in milliseconds), so they do not pile up epoch after epoch
+            trimmed = [p for p in files if TRIMMED.search(p) and p not in held]
+            if trimmed:
+                held = self._held_elsewhere()
+                for path in trimmed:
+                    if path not in held and os.path.exists(path):
+                        os.remove(path)
 
     def plan_reads(self, future: Dict[int, Sequence]) -> None:
         """{epoch: shards this rank reads in it}: the order eviction keeps files by."""
@@ -418,9 +427,9 @@ class ShardCache:
         from shards.writer import INDEX_VERSION, parse_index
 
         path = self.index_path(shard, a, b)
-        # locked: the background download of the next slice and the pipeline's build may both
-        # trim the same index (one temporary name each would race: seen once as a lost rename)
-        with self._lock(os.path.basename(path)):
+        # under the shard's lock: the background download of the next slice and the pipeline's
+        # build may both trim the same index (one temporary name: seen once as a lost rename)
+        with self._lock(os.path.basename(self.tar_path(shard))):
             if os.path.exists(path):
                 return path
             full = self.index_path(shard)

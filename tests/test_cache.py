@@ -562,3 +562,24 @@ def test_nothing_is_downloaded_ahead_of_the_last_epoch(remote, tmp_path):
     finally:
         loader.close()  # waits for any download ahead
     assert set(loader.cache.fetched) == slices[0] | slices[1]
+
+
+def test_trimmed_indexes_do_not_pile_up(remote, tmp_path):
+    """Each epoch's slice cuts shards at other places; its trimmed indexes go once it is released,
+    so after many epochs only the whole files remain (and no lock file per trimmed index)."""
+    import re
+
+    from pipeline import build_loader
+
+    loader = build_loader(remote, "train", 4, num_threads=1, world_size=3, seed=3, cache_dir=str(tmp_path))
+    try:
+        cuts = set()
+        for _ in range(5):
+            piece = loader.epoch_slice(loader.epoch)
+            cuts |= {(s.tar, a, b) for s, a, b in piece.ranges() if (a, b) != (0, s.samples)}
+            list(loader)
+    finally:
+        loader.close()
+    assert len(cuts) >= 2  # the slices did cut shards, at several places
+    names = os.listdir(loader.cache.root) + os.listdir(os.path.join(loader.cache.root, ".locks"))
+    assert not [n for n in names if re.search(r"\.\d+-\d+\.idx$", n)]
