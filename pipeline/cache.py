@@ -409,14 +409,14 @@ class ShardCache:
 
     def _verify(self, shard, tar: str, idx: str) -> None:
         """Damage naming the object unless the tar has the manifest's sha256 and the index fits it."""
-        from shards.verify import _check_index, _read_members
+        from shards.verify import _check_index, member_table
 
         with open(tar, "rb") as f:
             raw = f.read()
         if hashlib.sha256(raw).hexdigest() != shard.sha256:
             raise Damage(f"{self.store.url(shard.tar)}: sha256 differs from the manifest (the object changed "
                          f"on the server or was damaged); run `alexnet verify {self.url}`")
-        problems = _check_index(idx, _read_members(raw))
+        problems = _check_index(idx, member_table(raw))
         if problems:
             raise Damage(f"{self.store.url(shard.index)}: does not fit its verified tar ({problems[0].message}); "
                          f"run `alexnet verify {self.url}`")

@@ -44,6 +44,32 @@ def _read_members(raw: bytes):
     return members
 
 
+def member_table(raw: bytes):
+    """[(name, data offset, size)] of the regular files of a tar, in tar order: what `tarfile`
+    reads, from the 512-byte ustar headers directly (10x faster: the shard cache checks each
+    downloaded index with it). Anything but plain ustar file headers (pax or GNU long names, links,
+    base-256 sizes, a bad header checksum) is left to `tarfile`."""
+    members, pos, end = [], 0, len(raw)
+    while pos + 512 <= end:
+        block = raw[pos:pos + 512]
+        if block == bytes(512):
+            return members
+        size_field = block[124:136]
+        stored = block[148:156].split(b"\0", 1)[0].strip()
+        if (block[156:157] not in (b"0", b"\0") or size_field[0] & 0x80 or block[257:262] != b"ustar"
+                or not stored or int(stored, 8) != sum(block[:148]) + 256 + sum(block[156:])):
+            break
+        name = block[:100].split(b"\0", 1)[0].decode()
+        prefix = block[345:500].split(b"\0", 1)[0].decode()
+        size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
+        members.append((f"{prefix}/{name}" if prefix else name, pos + 512, size))
+        pos += 512 + (size + 511) // 512 * 512
+    else:
+        return members
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
+        return [(m.name, m.offset_data, m.size) for m in tf if m.isfile()]
+
+
 def _check_image(data, size):
     from PIL import Image
 

@@ -97,3 +97,55 @@ def test_members_and_files_that_cannot_be_read_are_problems_not_tracebacks(damag
     text = [str(p) for p in verify_shard_dir(damaged, workers=1).problems]
     assert "train-000000.tar: unreadable (Is a directory)" in text, text
     assert any(t.startswith("val-000000.tar:val_00000000: json is not an object") for t in text), text
+
+
+def _tarfile_table(raw):
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
+        return [(m.name, m.offset_data, m.size) for m in tf if m.isfile()]
+
+
+@pytest.mark.parametrize("form", ["shard", "long_name_pax", "long_name_gnu", "ustar_prefix", "links_and_dirs",
+                                  "bad_checksum", "truncated", "empty"])
+def test_member_table_is_what_tarfile_reads(shards_dir, form):
+    """shards.verify.member_table (the shard cache's fast header scan) against tarfile itself, on a
+    real shard and on every header form it must leave to tarfile or read right."""
+    import glob
+    import io
+    import tarfile
+
+    from shards.verify import member_table
+
+    def tar_of(members, fmt=tarfile.USTAR_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+            for name, data, kind in members:
+                info = tarfile.TarInfo(name)
+                info.type, info.size = kind, len(data)
+                if kind == tarfile.SYMTYPE:
+                    info.linkname, info.size = "a.jpg", 0
+                tf.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+        return buf.getvalue()
+
+    files = [("a.jpg", b"x" * 700, tarfile.REGTYPE), ("a.cls", b"3", tarfile.REGTYPE)]
+    raw = {
+        "shard": lambda: open(sorted(glob.glob(os.path.join(shards_dir, "train-*.tar")))[0], "rb").read(),
+        "long_name_pax": lambda: tar_of(files + [("n" * 150 + ".jpg", b"y" * 10, tarfile.REGTYPE)], tarfile.PAX_FORMAT),
+        "long_name_gnu": lambda: tar_of(files + [("n" * 150 + ".jpg", b"y" * 10, tarfile.REGTYPE)], tarfile.GNU_FORMAT),
+        "ustar_prefix": lambda: tar_of(files + [("d" * 90 + "/" + "n" * 60 + ".jpg", b"y" * 10, tarfile.REGTYPE)]),
+        "links_and_dirs": lambda: tar_of([("dir", b"", tarfile.DIRTYPE)] + files + [("l", b"", tarfile.SYMTYPE)]),
+        "bad_checksum": lambda: (lambda r: r[:148] + b"0000000\0" + r[156:])(tar_of(files)),
+        "truncated": lambda: tar_of(files)[:1024 + 512],
+        "empty": lambda: tar_of([]),
+    }[form]()
+    try:
+        expected = _tarfile_table(raw)
+    except tarfile.TarError as e:  # a header tarfile refuses: the scan defers to it and raises the same
+        with pytest.raises(type(e)):
+            member_table(raw)
+        return
+    assert member_table(raw) == expected
+    if form == "shard":
+        assert len(expected) >= 6  # whole samples: jpg, cls, json each
