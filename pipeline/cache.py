@@ -103,6 +103,7 @@ class ShardCache:
     downloaded: int = 0  # bytes fetched by this process
     busy: float = 0.0  # seconds spent fetching them (the download rate's denominator)
     fetched: list = field(default_factory=list, repr=False)  # tars this process downloaded, in order
+    _transfers: object = field(default=None, repr=False)  # boto3's transfer manager (s3transfer), made once
     _fetching: int = field(default=0, repr=False)  # fetches running now
     _busy_since: float = field(default=0.0, repr=False)
     _busy_counted: int = field(default=0, repr=False)  # `downloaded` when `busy` last grew
@@ -227,6 +228,10 @@ class ShardCache:
                 except FileNotFoundError:
                     pass
         self._alive.close()
+        with self._mutex:
+            transfers, self._transfers = self._transfers, None
+        if transfers is not None:
+            transfers.shutdown()
 
     # --- space ---------------------------------------------------------------------------------
     def used(self) -> int:
@@ -370,8 +375,12 @@ class ShardCache:
                 return  # a final name is a verified file (this process's or another's)
             tmp_tar, tmp_idx = f"{tar}.part-{os.getpid()}", f"{idx}.part-{os.getpid()}"
             try:
-                self._download(shard.tar, tmp_tar)
-                self._download(shard.index, tmp_idx)
+                sizes = self._sizes_of(shard)
+                transfers = [(self.store.url(name), dest, self._download(name, dest, size))
+                             for name, dest, size in zip((shard.tar, shard.index), (tmp_tar, tmp_idx), sizes)]
+                errors = [self._failure(url, dest, future) for url, dest, future in transfers]  # waits for both
+                if any(errors):
+                    raise next(e for e in errors if e)
                 self._verify(shard, tmp_tar, tmp_idx)
                 os.replace(tmp_idx, idx)
                 os.replace(tmp_tar, tar)
@@ -383,29 +392,46 @@ class ShardCache:
                 self.downloaded += self.size(shard)
                 self.fetched.append(shard.tar)
 
-    def _download(self, name: str, dest: str) -> None:
-        from boto3.s3.transfer import TransferConfig
+    def _download(self, name: str, dest: str, size: int):
+        """A future of the download of object `name` to `dest` by boto3's transfer manager (one per
+        cache: its threads serve every file of a slice at once; it retries a cut stream and writes
+        under a temporary name of its own). The size comes from the listing, so no HEAD request
+        precedes the GET: one round trip per file."""
+        from s3transfer.subscribers import BaseSubscriber
 
-        url = self.store.url(name)
-        config = TransferConfig(max_concurrency=4, multipart_threshold=64 << 20, num_download_attempts=5)
+        class Size(BaseSubscriber):
+            def on_queued(self, future, **kwargs):
+                future.meta.provide_transfer_size(size)
+
+        with self._mutex:
+            if self._transfers is None:
+                from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+                config = TransferConfig(max_concurrency=2 * self.connections, multipart_threshold=64 << 20,
+                                        num_download_attempts=5)
+                self._transfers = create_transfer_manager(self.store.client, config)
+            return self._transfers.download(self.store.bucket, self.store.key(name), dest, subscribers=[Size()])
+
+    def _failure(self, url: str, dest: str, future) -> Optional[Exception]:
+        """None once the transfer `future` has succeeded, else the one-line error to raise."""
         try:
-            self.store.client.download_file(self.store.bucket, self.store.key(name), dest, Config=config)
+            future.result()
+            return None
         except OSError as e:  # the transfer manager lets the local file's errors through
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
-                             f"free space or pass a smaller --cache-limit") from None
-            raise Damage(f"{url}: the download failed ({e.strerror or e}); run the command again") from None
+                return Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
+                              f"free space or pass a smaller --cache-limit")
+            return Damage(f"{url}: the download failed ({e.strerror or e}); run the command again")
         except Exception as e:  # botocore's errors once the transfer manager's retries are spent
             from shards.store import _raised
 
             error = _raised(e, url, self.store.client)
             if isinstance(error, UserError):  # the endpoint gone, credentials refused: exit 2
-                raise error from None
+                return error
             if isinstance(error, FileNotFoundError):
-                raise Damage(f"{url}: missing from the shard directory; run `alexnet verify {self.url}`") from None
+                return Damage(f"{url}: missing from the shard directory; run `alexnet verify {self.url}`")
             text = " ".join(str(error).split())[:200]
-            raise Damage(f"{url}: the download was cut short, also on retries ({text}); "
-                         f"run the command again") from None
+            return Damage(f"{url}: the download was cut short, also on retries ({text}); run the command again")
 
     def _verify(self, shard, tar: str, idx: str) -> None:
         """Damage naming the object unless the tar has the manifest's sha256 and the index fits it."""

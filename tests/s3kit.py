@@ -9,7 +9,8 @@ are refused as a real store refuses them.
 
 `s3.env` is all either SDK needs: the endpoint, the keys, the region, and
 AWS_EC2_METADATA_DISABLED (no probe of an instance metadata service that is not there). With
-`S3Server(relay=True)` the endpoint is a `Relay` in front of the server, which a test can cut.
+`S3Server(relay=True)` the endpoint is a `Relay` in front of the server, which a test can cut;
+`relay_delay` and `relay_bandwidth` make that relay a store farther away behind a slower link.
 """
 from __future__ import annotations
 
@@ -35,20 +36,40 @@ class Relay:
     """A TCP relay from 127.0.0.1:<port> to `target_port`, in a process of its own (a DALI
     pipeline may hold this process's GIL while it waits for data), which can hold each chunk a
     client sends for `delay` seconds (one HTTP request is about one chunk: a store that much
-    farther away) and can be `cut()`: the store gone, connections reset, new ones refused.
+    farther away), can cap what the server sends back at `bandwidth` bytes per second, and can
+    be `cut()`: the store gone, connections reset, new ones refused.
+
+    The cap is shared by all connections of the relay, as one link's is: the relay's pumps of
+    the server→client direction take turns on one clock (`Pacer`), so eight connections
+    downloading at once get `bandwidth` between them, not eight times it. A chunk leaves the
+    relay when the link would have finished sending it, never earlier; after an idle spell the
+    link may catch up by at most `Pacer.SLACK` seconds' worth of bytes (the relay's own sleeps
+    overshoot). The client→server direction (requests, uploads) is not capped. `bandwidth=None`
+    (or 0): no cap.
+
+    `cut_after`: each connection is closed after the server has sent that many bytes through it
+    (a download cut mid-way, every time: what a flaky link does to a long GET).
 
     DALI's S3 client reads AWS_ENDPOINT_URL once per process, so a test that takes the store away
     from a DALI reader cuts the relay it has been talking to instead of changing the variable."""
 
-    def __init__(self, target_port: int, delay: float = 0.0):
-        self.target_port, self.delay = target_port, delay
+    def __init__(self, target_port: int, delay: float = 0.0, bandwidth: float | None = None,
+                 cut_after: int | None = None):
+        self.target_port, self.delay, self.bandwidth = target_port, delay, bandwidth or None
+        self.cut_after = cut_after or None
         self.port = free_port()
         self.proc = None
         self._start()
 
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def _start(self):
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "relay", str(self.target_port),
-                                      str(self.port), str(self.delay)], stdout=subprocess.PIPE)
+                                      str(self.port), str(self.delay), str(self.bandwidth or 0),
+                                      str(self.cut_after or 0)],
+                                     stdout=subprocess.PIPE)
         if self.proc.stdout.readline().strip() != b"listening":
             raise RuntimeError("the relay did not start")
 
@@ -70,14 +91,52 @@ class Relay:
         self._stop()
 
 
-def _serve_relay(target_port: int, port: int, delay: float):
-    """The relay process: accept on 127.0.0.1:port, two pumps per connection."""
-    def pump(src, dst, held):
+class Pacer:
+    """One link's clock of `bandwidth` bytes/s, shared by threads: `wait(n)` books the next n
+    bytes on the link (after what every thread booked before) and sleeps until the link has sent
+    them. Bookings never start more than SLACK seconds in the past, so an idle link saves up no
+    more than SLACK × bandwidth bytes."""
+
+    SLACK = 0.005
+
+    def __init__(self, bandwidth: float):
+        self.bandwidth = float(bandwidth)
+        self._free = 0.0  # when the link has sent everything booked so far
+        self._lock = threading.Lock()
+
+    def chunk(self) -> int:
+        """Bytes to pass per booking: about 10 ms of the link, 4 KiB to 64 KiB."""
+        return int(min(1 << 16, max(1 << 12, self.bandwidth / 100)))
+
+    def wait(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._free = max(self._free, now - self.SLACK) + n / self.bandwidth
+            done = self._free
+        pause = done - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+
+
+def _serve_relay(target_port: int, port: int, delay: float, bandwidth: float = 0.0, cut_after: int = 0):
+    """The relay process: accept on 127.0.0.1:port, two pumps per connection; the server→client
+    pumps of all connections share one Pacer when `bandwidth` (bytes/s) is set, and close their
+    connection after `cut_after` bytes when it is set."""
+    pacer = Pacer(bandwidth) if bandwidth > 0 else None
+
+    def pump(src, dst, held, paced, limit=0):
+        size, sent = (paced.chunk() if paced else 1 << 16), 0
         try:
-            while data := src.recv(1 << 16):
+            while data := src.recv(size):
                 if held:
                     time.sleep(held)
+                if paced:
+                    paced.wait(len(data))
+                if limit and sent + len(data) >= limit:
+                    dst.sendall(data[:limit - sent])
+                    break
                 dst.sendall(data)
+                sent += len(data)
         except OSError:
             pass
         finally:
@@ -95,22 +154,25 @@ def _serve_relay(target_port: int, port: int, delay: float):
     while True:
         client, _ = listener.accept()
         upstream = socket.create_connection(("127.0.0.1", target_port))
-        threading.Thread(target=pump, args=(client, upstream, delay), daemon=True).start()
-        threading.Thread(target=pump, args=(upstream, client, 0.0), daemon=True).start()
+        threading.Thread(target=pump, args=(client, upstream, delay, None), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client, 0.0, pacer, cut_after), daemon=True).start()
 
 
 class S3Server:
     """moto_server on 127.0.0.1:<free port>, authenticating every request after the first three
     (the three that make the IAM user whose keys `env` holds); `auth=False`: none (any keys do,
-    each request costs the server less)."""
+    each request costs the server less). `relay=True`: `env` points at a `Relay` in front of the
+    server (`relay_delay` seconds per request, `relay_bandwidth` bytes/s back to the clients)."""
 
-    def __init__(self, log_path=os.devnull, relay: bool = False, auth: bool = True):
+    def __init__(self, log_path=os.devnull, relay: bool = False, auth: bool = True, relay_delay: float = 0.0,
+                 relay_bandwidth: float | None = None):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"  # the server itself
         self.log_path = log_path
         self.proc = None
         self.relay = None
         self.want_relay, self.auth = relay, auth
+        self.relay_delay, self.relay_bandwidth = relay_delay, relay_bandwidth
         self.env = {}
 
     def __enter__(self) -> "S3Server":
@@ -124,8 +186,8 @@ class S3Server:
                 "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
             if self.want_relay:  # clients talk to the relay, which can be cut (Relay.cut)
-                self.relay = Relay(self.port)
-                self.env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{self.relay.port}"
+                self.relay = Relay(self.port, self.relay_delay, self.relay_bandwidth)
+                self.env["AWS_ENDPOINT_URL"] = self.relay.endpoint
         except BaseException:
             self.stop()
             raise
@@ -229,4 +291,5 @@ def uploaded(server, local: str, url: str) -> str:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:
-    _serve_relay(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    _serve_relay(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]),
+                 float(sys.argv[5]) if len(sys.argv) > 5 else 0.0, int(sys.argv[6]) if len(sys.argv) > 6 else 0)

@@ -4,6 +4,7 @@ a limit kept, a restart that downloads nothing, and each fault as one line with 
 import errno
 import io
 import os
+import time
 
 import boto3  # noqa: F401 (the [dev] extra)
 import pytest
@@ -285,26 +286,33 @@ def test_an_object_changed_on_the_server(server, remote, tmp_path):
     assert not [p for p in (tmp_path / "shards__changed").iterdir() if p.name.startswith("val-000000")]
 
 
-def test_a_download_cut_midway_is_retried_then_named(remote, tmp_path, monkeypatch):
-    from botocore.exceptions import IncompleteReadError
+def test_a_download_cut_midway_is_retried_then_named(server, remote, tmp_path, monkeypatch):
+    """Every connection closed by the network after 20 KB (a relay): boto3's transfer manager
+    retries each cut GET, then the loader stops with one line naming the object, exit 1, and
+    leaves nothing under a final name nor half-written."""
+    from s3kit import Relay
 
     from pipeline import build_loader
 
-    calls = []
-
-    def cut(self, bucket, key, filename, *a, **kw):
-        calls.append(key)
-        with open(filename, "wb") as f:  # what a transfer leaves before the cut (boto3's own temp aside)
-            f.write(b"x" * 100)
-        raise IncompleteReadError(actual_bytes=100, expected_bytes=1000)
-
-    loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
-    monkeypatch.setattr(type(loader.cache.store.client), "download_file", cut, raising=False)
-    with pytest.raises(Damage, match=r"^s3://shards/c/v1/val-00000\d\.(tar|idx): the download was cut short") as e:
-        list(loader)
-    loader.close()
-    assert e.value.exit_code == 1 and calls
+    loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))  # the listing: direct
+    big = [s for s in loader.manifest.split("val").shards if loader.cache._sizes_of(s)[0] > 40_000]
+    assert big  # tars longer than the cut
+    relay = Relay(server.port, cut_after=20_000)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", relay.endpoint)  # the downloads: through the relay
+        with pytest.raises(Damage, match=r"^s3://shards/c/v1/val-00000\d\.tar: the download was cut short, "
+                                         r"also on retries") as e:
+            list(loader)
+    finally:
+        loader.close()
+        relay.close()
+    assert e.value.exit_code == 1 and "\n" not in str(e.value)
     assert not [p for p in (tmp_path / "shards__c__v1").iterdir() if ".part-" in p.name or p.suffix == ".tar"]
+    key = "c/v1/" + str(e.value).split(":")[1].rsplit("/", 1)[1]
+    time.sleep(0.2)  # the server's last log lines
+    with open(server.log_path) as f:
+        gets = sum(f'"GET /shards/{key}' in line for line in f)
+    assert gets >= 5  # TransferConfig(num_download_attempts=5): tried that often before it gave up
 
 
 def test_the_transfer_manager_retries_a_cut_stream(remote, tmp_path, monkeypatch):
@@ -388,20 +396,29 @@ def test_two_processes_on_one_cache_dir(remote, tmp_path):
     assert caches[0].downloaded + caches[1].downloaded == sum(caches[0].size(s) for s in shards)
 
 
-def test_the_endpoint_gone_mid_epoch_is_exit_2(remote, tmp_path, monkeypatch):
-    from botocore.exceptions import EndpointConnectionError
+def test_the_endpoint_gone_mid_epoch_is_exit_2(server, remote, tmp_path, monkeypatch):
+    """The store goes away (its relay stopped: connections refused) between the epochs of a
+    training loader: the next slice's download is one line naming the object and the endpoint,
+    exit 2 (the address, not the data)."""
+    from s3kit import Relay
 
     from pipeline import build_loader
 
-    def gone(self, *a, **kw):
-        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
-
-    loader = build_loader(remote, "val", 4, num_threads=1, cache_dir=str(tmp_path))
-    monkeypatch.setattr(type(loader.cache.store.client), "download_file", gone, raising=False)
-    with pytest.raises(UserError, match=r"^s3://shards/c/v1/val-00000\d\.(tar|idx): cannot reach the S3 endpoint") as e:
-        list(loader)
-    loader.close()
-    assert type(e.value) is UserError and e.value.exit_code == 2
+    relay = Relay(server.port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", relay.endpoint)
+    loader = build_loader(remote, "train", 4, num_threads=1, world_size=2, seed=1, cache_dir=str(tmp_path))
+    loader.end_epoch = 1  # no download ahead: epoch 1's slice is fetched when epoch 1 starts
+    assert {s.tar for s in loader.epoch_slice(1).shards} - {s.tar for s in loader.epoch_slice(0).shards}
+    try:
+        assert list(loader)
+        relay.close()
+        with pytest.raises(UserError, match=r"^s3://shards/c/v1/train-\d+\.(tar|idx): cannot reach the S3 "
+                                            r"endpoint") as e:
+            list(loader)
+    finally:
+        loader.close()
+        relay.close()
+    assert type(e.value) is UserError and e.value.exit_code == 2 and "\n" not in str(e.value)
 
 
 def test_train_options(remote, tmp_path):
