@@ -146,6 +146,14 @@ class DaliLoader(EpochLoader):
             self._builder = ThreadPoolExecutor(1, thread_name_prefix="dali-next-epoch")
         self._next = (epoch, self._builder.submit(self._open, epoch))
 
+    def download_ahead(self, epoch=None) -> None:
+        """s3://: start downloading `epoch`'s slice (default: the next iteration's) in the
+        background now, so that it overlaps whatever the caller does before iterating (the trainer
+        builds its model); the epoch's pipeline then finds the files, or waits on their locks.
+        Nothing for a local shard directory."""
+        if self.cache is not None:
+            self._download_ahead(self.epoch if epoch is None else epoch)
+
     def _download_ahead(self, epoch):
         """Download epoch `epoch`'s slice into the cache in the background (its pipeline is built
         when the epoch starts; `_open` then finds the files, or waits on their locks)."""

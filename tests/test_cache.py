@@ -600,3 +600,35 @@ def test_trimmed_indexes_do_not_pile_up(remote, tmp_path):
     assert len(cuts) >= 2  # the slices did cut shards, at several places
     names = os.listdir(loader.cache.root) + os.listdir(os.path.join(loader.cache.root, ".locks"))
     assert not [n for n in names if re.search(r"\.\d+-\d+\.idx$", n)]
+
+
+def test_the_trainer_downloads_the_first_slice_while_it_builds_the_model(remote, tmp_path, monkeypatch):
+    """The first batch of a training run waits for no download its model's build could hide:
+    the slice is fetched in the background from the moment the loaders exist."""
+    import train.trainer
+    from train.config import TrainConfig
+    from trainkit import SMALL
+
+    fetching = []
+    real = train.trainer.build_model
+
+    def build_model(*a, **kw):  # the model is built while the slice downloads
+        fetching.append(train_loader()._builder is not None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train.trainer, "build_model", build_model)
+    cfg = TrainConfig(shards=remote, out=str(tmp_path / "run"), **{**SMALL, "epochs": 1, "num_threads": 1},
+                      cache_dir=str(tmp_path / "cache"))
+    t = train.trainer.Trainer.__new__(train.trainer.Trainer)
+
+    def train_loader():
+        return t.train_loader
+
+    t.__init__(cfg, progress=False)
+    try:
+        assert fetching == [True]
+        t.train_loader._builder.shutdown(wait=True)  # the download ahead done: nothing left to wait for
+        t.train_loader._builder = None
+        assert t.train_loader.cache.missing_bytes(t.train_loader.epoch_slice(0)) == 0
+    finally:
+        t.close()

@@ -70,6 +70,8 @@ class Trainer:
             self._check_hashes()
         self.shards_fingerprint = shards_fingerprint(self.manifest)  # stored in every checkpoint
         self.train_loader, self.val_loader = self._loaders()
+        if not cfg.resume:  # s3://: the first slice downloads while the model is built
+            self.train_loader.download_ahead(0)
         self.model = build_model(cfg, self.manifest.num_classes, self.devices, self.rank)
         self.optimizer = build_optimizer(self.model, cfg)
         chance = 1.0 - 1.0 / self.manifest.num_classes
@@ -87,6 +89,7 @@ class Trainer:
         self.metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), enabled=self.main)
         if cfg.resume:
             resume(self)  # checked, then every counter and RNG state restored (train.resume)
+            self.train_loader.download_ahead(self.epoch)  # s3://: the slice this run starts in
         else:  # a fresh start: rows left by a run killed before its first checkpoint go
             self.metrics.truncate_after(0)
             if self.main:
