@@ -267,6 +267,37 @@ def serving(tmp_path_factory, **kw):
         yield s3
 
 
+def s3_fixtures(prefix: str, server=None, **shards):
+    """The fixtures of a module of tests on one S3 server, to assign at module level:
+
+        server, aws_env, local, remote = s3_fixtures("c/v1", n_train=47, n_val=23, classes=8, shard_size=4)
+
+    `server`: an S3Server with the bucket "shards" for the module (`server`: S3Server's keywords,
+    default relay=False, auth=False); `aws_env` (autouse): each test sees that server's AWS
+    environment only; `local`: a shard directory of `local_shards(**shards)`; `remote`: it
+    uploaded to s3://shards/PREFIX."""
+    import pytest
+
+    @pytest.fixture(scope="module", name="server")
+    def server_(tmp_path_factory):
+        with serving(tmp_path_factory, **(server or dict(relay=False, auth=False))) as s3:
+            yield s3
+
+    @pytest.fixture(autouse=True, name="aws_env")
+    def aws_env_(server, monkeypatch):
+        use_only(server.env, monkeypatch)
+
+    @pytest.fixture(scope="module", name="local")
+    def local_(tmp_path_factory):
+        return local_shards(tmp_path_factory, **shards)
+
+    @pytest.fixture(scope="module", name="remote")
+    def remote_(server, local):
+        return uploaded(server, local, f"s3://shards/{prefix}")
+
+    return server_, aws_env_, local_, remote_
+
+
 def local_shards(tmp_path_factory, **kw) -> str:
     """A shard directory written by tests/shardkit.py (`make_shards` keywords), for a module's fixture."""
     from shardkit import make_shards

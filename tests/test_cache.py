@@ -10,33 +10,16 @@ import boto3  # noqa: F401 (the [dev] extra)
 import pytest
 import torch
 
-from s3kit import local_shards, serving, uploaded, use_only
+from s3kit import s3_fixtures
 from shardkit import make_shards
 from shards import Manifest
 from shards.errors import Damage, UserError
 from shards.upload import upload_shard_dir
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serving(tmp_path_factory, relay=False, auth=False) as s3:
-        yield s3
-
-
-@pytest.fixture(autouse=True)
-def aws_env(server, monkeypatch):
-    use_only(server.env, monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    # 4-sample shards, splits that do not divide into them: slices cut shards
-    return local_shards(tmp_path_factory, n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
-
-
-@pytest.fixture(scope="module")
-def remote(server, local):
-    return uploaded(server, local, "s3://shards/c/v1")
+# 4-sample shards, splits that do not divide into them: slices cut shards
+server, aws_env, local, remote = s3_fixtures("c/v1",
+                                             n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
 
 
 def copy_prefix(server, src, dst):

@@ -12,7 +12,7 @@ import boto3  # noqa: F401 (the [dev] extra: an ImportError here, never a silent
 import moto.server  # noqa: F401
 import pytest
 
-from s3kit import local_shards, serving, uploaded, use_only
+from s3kit import s3_fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ RANK_SCRIPT = textwrap.dedent("""
     launch = Launch.from_env()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    url, cache = sys.argv[1], sys.argv[2]
+    url, cache, report = sys.argv[1], sys.argv[2], sys.argv[3]
     result = {"rank": rank, "launch": [launch.rank, launch.world]}
 
     def epochs(split):
@@ -46,34 +46,16 @@ RANK_SCRIPT = textwrap.dedent("""
         if rank == turn:       # empty cache, so a tar of rank 1's it fetched would show
             epochs("val")
         dist.barrier()
-    line = json.dumps(result)
-    assert len(line) < 4000  # one write to the shared stdout pipe: never interleaved with the other rank's
-    print(line, flush=True)
+    with open(f"{report}/rank{rank}.json", "w") as f:  # a file each: the ranks' stdout lines can interleave
+        json.dump(result, f)
     dist.barrier()
     dist.destroy_process_group()
 """)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serving(tmp_path_factory, relay=False, auth=False) as s3:
-        yield s3
-
-
-@pytest.fixture(autouse=True)
-def aws_env(server, monkeypatch):
-    use_only(server.env, monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    # 4-sample shards, splits that do not divide into them: the two slices share a cut shard
-    return local_shards(tmp_path_factory, n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
-
-
-@pytest.fixture(scope="module")
-def remote(server, local):
-    return uploaded(server, local, "s3://shards/torchrun/v1")
+# 4-sample shards, splits that do not divide into them: the two slices share a cut shard
+server, aws_env, local, remote = s3_fixtures("torchrun/v1",
+                                             n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
 
 
 def torchrun(*args, timeout):
@@ -90,9 +72,8 @@ def torchrun(*args, timeout):
 def test_each_torchrun_rank_downloads_only_its_slices(remote, tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    done = torchrun(str(script), remote, str(tmp_path / "cache"), timeout=240)
-    out = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
-                 key=lambda r: r["rank"])
+    torchrun(str(script), remote, str(tmp_path / "cache"), str(tmp_path), timeout=240)
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["launch"]) for r in out] == [(0, [0, 2]), (1, [1, 2])]
     train, val = [r["train"] for r in out], [r["val"] for r in out]
     assert train[0]["batches"] == train[1]["batches"] == [47 // 8] * 2  # drop_last: the same count

@@ -10,29 +10,12 @@ import moto.server  # noqa: F401
 import pytest
 import torch
 
-from s3kit import local_shards, serving, uploaded, use_only
+from s3kit import s3_fixtures
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serving(tmp_path_factory, relay=False, auth=False) as s3:
-        yield s3
-
-
-@pytest.fixture(autouse=True)
-def aws_env(server, monkeypatch):
-    use_only(server.env, monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    # 4-sample shards, splits that do not divide into them: the slices of 2 ranks cut shards
-    return local_shards(tmp_path_factory, n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
-
-
-@pytest.fixture(scope="module")
-def remote(server, local):
-    return uploaded(server, local, "s3://shards/ref/v1")
+# 4-sample shards, splits that do not divide into them: the slices of 2 ranks cut shards
+server, aws_env, local, remote = s3_fixtures("ref/v1",
+                                             n_train=47, n_val=23, classes=8, shard_size=4, seed=2)
 
 
 def same(a, b):

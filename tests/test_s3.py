@@ -12,7 +12,7 @@ import boto3  # noqa: F401 (the [dev] extra: an ImportError here, never a silent
 import moto.server  # noqa: F401
 import pytest
 
-from s3kit import local_shards, serving, uploaded, use_only
+from s3kit import s3_fixtures
 from samplekit import cli, one_line_error
 from shardkit import make_shards
 from shards import Manifest
@@ -21,25 +21,8 @@ from shards.store import SHA256_KEY, open_store
 from shards.upload import upload_shard_dir
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with serving(tmp_path_factory, relay=True) as s3:
-        yield s3
-
-
-@pytest.fixture(autouse=True)
-def aws_env(server, monkeypatch):
-    use_only(server.env, monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    return local_shards(tmp_path_factory, n_train=32, n_val=12, classes=8, shard_size=12, seed=1)
-
-
-@pytest.fixture(scope="module")
-def remote(server, local):
-    return uploaded(server, local, "s3://shards/imagenet/v1")
+server, aws_env, local, remote = s3_fixtures("imagenet/v1",
+                                             server=dict(relay=True), n_train=32, n_val=12, classes=8, shard_size=12, seed=1)
 
 
 def objects(server, prefix):
