@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -34,6 +35,7 @@ from typing import Dict, List, Optional, Sequence
 from shards.errors import Damage, UserError
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+WRITING = re.compile(r"\.part-(\d+)(\.[0-9A-Za-z]{8})?$|\.tmp$")  # .part-PID (+ s3transfer's .XXXXXXXX), .tmp
 TRIMMED = re.compile(r"\.\d+-\d+\.idx$")  # a trimmed index's name: <stem>.<sha>.<a>-<b>.idx
 HORIZON = 4  # epochs ahead looked at to decide which file this rank reads again soonest
 
@@ -88,6 +90,10 @@ def epoch_slice(shards_in_order: Sequence, start: int, stop: int) -> EpochSlice:
     return EpochSlice(picked, skip, keep)
 
 
+class Cancelled(Exception):
+    """A fetch stopped by `ShardCache.cancel` (a loader being closed)."""
+
+
 @dataclass
 class ShardCache:
     """Local verified copies of an s3:// shard directory's shards under `root`."""
@@ -104,9 +110,9 @@ class ShardCache:
     busy: float = 0.0  # seconds spent fetching them (the download rate's denominator)
     fetched: list = field(default_factory=list, repr=False)  # tars this process downloaded, in order
     _transfers: object = field(default=None, repr=False)  # boto3's transfer manager (s3transfer), made once
+    _running: set = field(default_factory=set, repr=False)  # its futures not waited for yet
     _fetching: int = field(default=0, repr=False)  # fetches running now
     _busy_since: float = field(default=0.0, repr=False)
-    _busy_counted: int = field(default=0, repr=False)  # `downloaded` when `busy` last grew
     over: int = 0  # the most bytes the directory held beyond the limit (processes sharing it, each
     #                holding more at once than the limit leaves them): 0 when the limit held
 
@@ -117,14 +123,18 @@ class ShardCache:
         folder = f"{self.store.bucket}/{self.store.prefix}".strip("/").replace("/", "__")
         self.root = os.path.join(os.path.abspath(os.path.expanduser(self.cache_dir)), folder)
         self._check_writable()
-        self._sizes = None
+        self._sizes, self._etags = None, {}
         self._alive = None
+        self._cancelled = threading.Event()
         with self._dir_lock():
             self._register()
+            self._held_elsewhere()  # a killed process's list and half-written downloads go now
 
     def _register(self) -> None:
-        """This object's `.holds/TOKEN.alive`, locked while it lives (dropped on close or exit);
-        made under the directory lock, so that no evictor sees it unlocked and takes it for dead."""
+        """(Re)start: no cancellation pending, and this object's `.holds/TOKEN.alive`, locked while
+        it lives (dropped on close or exit), made under the directory lock, so that no evictor sees
+        it unlocked and takes it for dead."""
+        self._cancelled.clear()
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._alive = open(os.path.join(self.root, ".holds", f"{self.token}.alive"), "wb")
         fcntl.flock(self._alive, fcntl.LOCK_EX)
@@ -133,6 +143,7 @@ class ShardCache:
         """Bytes of a shard's tar and index on the server (one listing, then remembered)."""
         if self._sizes is None:
             self._sizes = self.store.listing()
+            self._etags = getattr(self.store, "etags", {})
         return self._sizes.get(shard.tar, 0) + self._sizes.get(shard.index, 0)
 
     def _check_writable(self):
@@ -178,9 +189,8 @@ class ShardCache:
         finally:
             with self._mutex:
                 self._fetching -= 1
-                if self._fetching == 0 and self.downloaded > self._busy_counted:
+                if self._fetching == 0:
                     self.busy += time.perf_counter() - self._busy_since
-                    self._busy_counted = self.downloaded
         return [self.tar_path(s) for s, _, _ in ranges], [self._trimmed(s, a, b) for s, a, b in ranges]
 
     def missing_bytes(self, piece: EpochSlice) -> int:
@@ -214,6 +224,19 @@ class ShardCache:
         with self._mutex:
             self._next_use = uses
 
+    def cancel(self) -> None:
+        """Stop downloading: transfers under way are cancelled (their partial files removed) and
+        no new one starts; a fetch running now raises `Cancelled`. For closing a loader that is
+        downloading an epoch ahead, which would otherwise wait for the whole slice."""
+        self._cancelled.set()
+        with self._mutex:
+            transfers, self._transfers = self._transfers, None
+            running = list(self._running)
+        for future in running:  # each one: s3transfer 0.19's shutdown(cancel=True) passes its arguments wrong
+            future.cancel()
+        if transfers is not None:
+            transfers.shutdown()
+
     def close(self) -> None:
         """Nothing held any more: this process's list goes, and evictors may take every file (a
         later `fetch` registers again)."""
@@ -236,11 +259,19 @@ class ShardCache:
     # --- space ---------------------------------------------------------------------------------
     def used(self) -> int:
         """Bytes of the cache's files (verified copies, trimmed indexes, downloads under way)."""
-        total = 0
+        return sum(self._present().values())
+
+    def _present(self) -> Dict[str, int]:
+        """{path: bytes} of the files in the cache folder now. A download renames its `.part` file
+        and an evictor removes files while the folder is read: a file gone by its stat is skipped."""
+        present = {}
         for entry in os.scandir(self.root):
-            if entry.is_file():
-                total += entry.stat().st_size
-        return total
+            try:
+                if entry.is_file():
+                    present[entry.path] = entry.stat().st_size
+            except FileNotFoundError:
+                pass
+        return present
 
     def _sizes_of(self, shard) -> tuple:
         if self._sizes is None:
@@ -273,13 +304,14 @@ class ShardCache:
             if self.limit is None:
                 return
             held.update(self._held_elsewhere())
-            present = {e.path: e.stat().st_size for e in os.scandir(self.root) if e.is_file()}
+            present = self._present()
             # a file being written (a download's .part-PID, an index's .tmp) is counted at its final
             # size among the held files; it is never a victim
-            writing = {p for p in present if ".part-" in p or p.endswith(".tmp")}
+            writing = {p for p in present if WRITING.search(os.path.basename(p))}
             total = sum(n for p, n in present.items() if p not in writing and p not in held) + sum(held.values())
             victims = sorted((p for p in present if p not in held and p not in writing),
-                             key=lambda p: -uses.get(p, 1 << 30))  # never read again: first
+                             key=lambda p: (-uses.get(p, 1 << 30), p))  # never read again first; a
+            #                                                          shard's tar and index side by side
             for path in victims:
                 if total <= self.limit:
                     break
@@ -312,8 +344,14 @@ class ShardCache:
             for files in self._held.values():
                 held.update(files)
         lines = "".join(f"{os.path.basename(p)} {n}\n" for p, n in held.items())
-        atomic_write(os.path.join(self.root, ".holds", f"{self.token}.list"), lambda f: f.write(lines.encode()),
-                     fsync=False)
+        path = os.path.join(self.root, ".holds", f"{self.token}.list")
+        try:
+            atomic_write(path, lambda f: f.write(lines.encode()), fsync=False)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise Damage(f"{path}: the disk of the shard cache is full; free space or pass a smaller "
+                             f"--cache-limit") from None
+            raise
         return held
 
     def _held_elsewhere(self) -> Dict[str, int]:
@@ -348,9 +386,11 @@ class ShardCache:
                     pass
             pid = token.split("-")[0]
             if pid not in live_pids:
-                for entry in os.scandir(self.root):
-                    if entry.name.endswith(f".part-{pid}"):
-                        os.remove(entry.path)
+                for path in self._present():  # its downloads: .part-PID and s3transfer's .part-PID.XXXXXXXX
+                    found = WRITING.search(os.path.basename(path))
+                    if found and found.group(1) == pid:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(path)
         return held
 
     # --- one shard -------------------------------------------------------------------------------
@@ -370,12 +410,14 @@ class ShardCache:
     def _ensure(self, shard) -> None:
         """The shard's tar and index under their final names, verified (downloaded if missing)."""
         tar, idx = self.tar_path(shard), self.index_path(shard)
+        sizes = self._sizes_of(shard)
         with self._lock(os.path.basename(tar)):
-            if os.path.exists(tar) and os.path.exists(idx):
+            if self._complete(shard):
                 return  # a final name is a verified file (this process's or another's)
+            if self._cancelled.is_set():
+                raise Cancelled(f"{self.root}: the shard cache was closed")
             tmp_tar, tmp_idx = f"{tar}.part-{os.getpid()}", f"{idx}.part-{os.getpid()}"
             try:
-                sizes = self._sizes_of(shard)
                 transfers = [(self.store.url(name), dest, self._download(name, dest, size))
                              for name, dest, size in zip((shard.tar, shard.index), (tmp_tar, tmp_idx), sizes)]
                 errors = [self._failure(url, dest, future) for url, dest, future in transfers]  # waits for both
@@ -392,16 +434,35 @@ class ShardCache:
                 self.downloaded += self.size(shard)
                 self.fetched.append(shard.tar)
 
+    def _complete(self, shard) -> bool:
+        """Whether the shard's tar and index are there under their final names, at the listing's
+        sizes. Files are renamed only once verified; a size that differs (a copy cut short by a
+        machine crash before the kernel wrote it out: not fsynced, to keep the download's pace)
+        is removed, to be downloaded again."""
+        tar, idx = self.tar_path(shard), self.index_path(shard)
+        sizes = [os.path.getsize(p) if os.path.exists(p) else None for p in (tar, idx)]
+        if sizes == list(self._sizes_of(shard)):
+            return True
+        for path, size in zip((tar, idx), sizes):
+            if size is not None:
+                os.remove(path)
+        return False
+
     def _download(self, name: str, dest: str, size: int):
         """A future of the download of object `name` to `dest` by boto3's transfer manager (one per
         cache: its threads serve every file of a slice at once; it retries a cut stream and writes
-        under a temporary name of its own). The size comes from the listing, so no HEAD request
-        precedes the GET: one round trip per file."""
+        under a temporary name of its own). The size and ETag come from the listing, so no HEAD
+        request precedes the GET: one round trip per file (s3transfer sends a HEAD unless it knows
+        both)."""
         from s3transfer.subscribers import BaseSubscriber
 
-        class Size(BaseSubscriber):
+        etag = self._etags.get(name)
+
+        class Known(BaseSubscriber):
             def on_queued(self, future, **kwargs):
                 future.meta.provide_transfer_size(size)
+                if etag is not None:
+                    future.meta.provide_object_etag(etag)
 
         with self._mutex:
             if self._transfers is None:
@@ -410,20 +471,35 @@ class ShardCache:
                 config = TransferConfig(max_concurrency=2 * self.connections, multipart_threshold=64 << 20,
                                         num_download_attempts=5)
                 self._transfers = create_transfer_manager(self.store.client, config)
-            return self._transfers.download(self.store.bucket, self.store.key(name), dest, subscribers=[Size()])
+            future = self._transfers.download(self.store.bucket, self.store.key(name), dest, subscribers=[Known()])
+            self._running.add(future)
+            return future
 
     def _failure(self, url: str, dest: str, future) -> Optional[Exception]:
         """None once the transfer `future` has succeeded, else the one-line error to raise."""
         try:
+            return self._outcome(url, dest, future)
+        finally:
+            with self._mutex:
+                self._running.discard(future)
+
+    def _outcome(self, url: str, dest: str, future) -> Optional[Exception]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
             future.result()
             return None
-        except OSError as e:  # the transfer manager lets the local file's errors through
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                return Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
-                              f"free space or pass a smaller --cache-limit")
-            return Damage(f"{url}: the download failed ({e.strerror or e}); run the command again")
-        except Exception as e:  # botocore's errors once the transfer manager's retries are spent
-            from shards.store import _raised
+        except Exception as e:
+            if self._cancelled.is_set():
+                return Cancelled(f"{self.root}: the shard cache was closed")
+            if isinstance(e, OSError) and not isinstance(e, BotoCoreError):  # the local file's errors
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    return self._full(dest, url)
+                return Damage(f"{url}: the download failed ({e.strerror or e}); run the command again")
+            if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                return Damage(f"{url}: the object changed on the server since it was listed (its ETag differs); "
+                              f"run `alexnet verify {self.url}`")
+            from shards.store import _raised  # botocore's errors once the transfer manager's retries are spent
 
             error = _raised(e, url, self.store.client)
             if isinstance(error, UserError):  # the endpoint gone, credentials refused: exit 2
@@ -432,6 +508,11 @@ class ShardCache:
                 return Damage(f"{url}: missing from the shard directory; run `alexnet verify {self.url}`")
             text = " ".join(str(error).split())[:200]
             return Damage(f"{url}: the download was cut short, also on retries ({text}); run the command again")
+
+    @staticmethod
+    def _full(dest: str, url: str) -> Damage:
+        return Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
+                      f"free space or pass a smaller --cache-limit")
 
     def _verify(self, shard, tar: str, idx: str) -> None:
         """Damage naming the object unless the tar has the manifest's sha256 and the index fits it."""
@@ -463,7 +544,12 @@ class ShardCache:
                 samples = parse_index(f.read(), full)[a:b]
             lines = [f"{INDEX_VERSION} {len(samples)}"]
             lines += [" ".join(f"{e} {o} {n} {m}" for e, o, n, m in sample) for sample in samples]
-            atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+            try:
+                atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._full(path, self.store.url(shard.index)) from None
+                raise
         return path
 
     def slice_bytes(self, shards: Sequence, slice_samples: int) -> int:
@@ -491,8 +577,11 @@ class ShardCache:
 
     # --- progress --------------------------------------------------------------------------------
     def rate(self) -> float:
-        """Bytes per second while this process was downloading."""
-        return self.downloaded / self.busy if self.busy else 0.0
+        """Bytes per second while this process was downloading (a fetch under way included)."""
+        with self._mutex:
+            busy = self.busy + (time.perf_counter() - self._busy_since if self._fetching else 0.0)
+            done = self.downloaded
+        return done / busy if busy > 0 else 0.0
 
     def progress(self) -> str:
         """The download rate and fill level, for a progress line: `cache 48.1 MB/s 1.2/40.0 GB`."""

@@ -108,8 +108,8 @@ class DaliLoader(EpochLoader):
         ready, self._next = self._next, None
         if ready is not None:
             ready[1].cancel()
-            if self.cache is not None:
-                self.cache.release(ready[0])
+        if self.cache is not None:  # a download ahead stops now rather than finish its whole slice
+            self.cache.cancel()
         if self._builder is not None:
             self._builder.shutdown(wait=True)
             self._builder = None
@@ -125,6 +125,8 @@ class DaliLoader(EpochLoader):
             return ready[1].result()
         if ready is not None:  # set_epoch jumped: drop the pipeline built for another epoch
             ready[1].cancel()
+            if self.cache is not None:
+                self.cache.release(ready[0])
         return self._open(epoch)
 
     def _open(self, epoch):

@@ -359,7 +359,7 @@ class S3Store:
         """{name: size} of the objects directly under the prefix (one request per 1000)."""
         self._check_bucket()
         start = f"{self.prefix}/" if self.prefix else ""
-        sizes = {}
+        sizes, etags = {}, {}
         client = self.client
         try:
             for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
@@ -367,8 +367,11 @@ class S3Store:
                     name = obj["Key"][len(start):]
                     if name and "/" not in name:
                         sizes[name] = int(obj["Size"])
+                        if obj.get("ETag"):
+                            etags[name] = obj["ETag"]
         except Exception as e:
             raise _raised(e, self.location, client) from None
+        self.etags = etags  # {name: ETag} of the same listing (the shard cache's downloads need no HEAD)
         return sizes
 
     def put(self, name: str, source, sha256: Optional[str] = None) -> None:

@@ -225,20 +225,25 @@ from shards import Manifest
 shards = Manifest.load({local!r}).split("train").shards
 a = ShardCache({remote!r}, {cache_dir!r})
 a.fetch(epoch_slice(shards, 0, shards[0].samples), key=0)
-open(os.path.join(a.root, "stale.tar.part-%d" % os.getpid()), "wb").write(b"x" * 100)
+for name in ("stale.tar.part-%d", "stale.tar.part-%d.1a2B3c4D"):  # ours, and s3transfer's own temporary name
+    open(os.path.join(a.root, name % os.getpid()), "wb").write(b"x" * 100)
+open(os.path.join(a.root, "other.tar.part-1%d.1a2B3c4D" % os.getpid()), "wb").write(b"x")  # another pid's
 os._exit(0)  # no close, no destructors
 """
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     shards = Manifest.load(local).split("train").shards
-    b = ShardCache(remote, cache_dir, limit=1)
-    holds = os.path.join(b.root, ".holds")
-    assert len(os.listdir(holds)) == 3  # the dead one's list and lock, b's lock
-    b.make_room("x", {})
-    assert sorted(os.listdir(holds)) == [f"{b.token}.alive", f"{b.token}.list"]
-    assert not os.path.exists(b.tar_path(shards[0]))  # not held by anyone alive: evicted under the limit
-    assert not [n for n in os.listdir(b.root) if ".part-" in n]
+    root = os.path.join(cache_dir, "shards__c__v1")
+    assert len(os.listdir(os.path.join(root, ".holds"))) == 2  # the dead one's list and lock
+    assert len([n for n in os.listdir(root) if ".part-" in n]) == 3
+    b = ShardCache(remote, cache_dir, limit=1)  # a new cache cleans up as it starts, limit or not
+    assert sorted(os.listdir(os.path.join(root, ".holds"))) == [f"{b.token}.alive"]
+    left = [n for n in os.listdir(root) if ".part-" in n]
+    assert len(left) == 1 and left[0].startswith("other.tar.part-1")  # only the other pid's download is left
+    assert os.path.exists(b.tar_path(shards[0]))
+    b.make_room("x", {})  # not held by anyone alive: evicted under the limit
+    assert not os.path.exists(b.tar_path(shards[0]))
     b.close()
 
 
@@ -615,3 +620,42 @@ def test_the_trainer_downloads_the_first_slice_while_it_builds_the_model(remote,
         assert t.train_loader.cache.missing_bytes(t.train_loader.epoch_slice(0)) == 0
     finally:
         t.close()
+
+
+def test_a_file_gone_while_the_folder_is_read_is_skipped(remote, tmp_path, monkeypatch):
+    """A download renames its .part file (an evictor removes a file) between the folder's listing
+    and a file's stat: the cache's count skips it (seen once as a FileNotFoundError in make_room)."""
+    from pipeline import cache as cache_module
+    from pipeline.cache import ShardCache
+
+    c = ShardCache(remote, str(tmp_path))
+    for name, size in (("a.tar", 10), ("b.tar.part-1", 20)):
+        with open(os.path.join(c.root, name), "wb") as f:
+            f.write(b"x" * size)
+    entries = list(os.scandir(c.root))  # listed, then one file goes before its stat
+    os.remove(os.path.join(c.root, "b.tar.part-1"))
+    monkeypatch.setattr(cache_module.os, "scandir", lambda path: iter(entries))
+    assert c.used() == 10
+    c.limit = 5
+    c.make_room("k", {})  # evicts a.tar, the gone file skipped
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(c.root, "a.tar"))
+    c.close()
+
+
+def test_one_request_per_file(server, remote, tmp_path):
+    """Sizes and ETags from the listing: each tar and index is one GET, no HEAD before it."""
+    from pipeline import build_loader
+
+    url = copy_prefix(server, "c/v1", "one-request")
+    loader = build_loader(url, "val", 4, num_threads=1, cache_dir=str(tmp_path))
+    list(loader)
+    loader.close()
+    time.sleep(0.2)  # the server's last log lines
+    with open(server.log_path) as f:
+        lines = [line for line in f if "/shards/one-request/val-" in line]
+    tars = {s.tar for s in loader.manifest.split("val").shards}
+    gets = [line for line in lines if '"GET /shards/one-request/val-' in line and ".tar" in line.split('"')[1]]
+    assert not [line for line in lines if '"HEAD ' in line]
+    assert len(gets) == len(tars) and set(loader.cache.fetched) == tars
+

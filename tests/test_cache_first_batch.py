@@ -123,3 +123,37 @@ def test_the_first_batch_comes_within_2_s_of_the_slice_over_the_bandwidth(server
     assert slice_bytes == on_disk > 4e6
     expected = slice_bytes / BANDWIDTH
     assert expected - EARLY <= first <= expected + 2.0, (first, expected)
+
+
+def test_closing_stops_a_download_under_way(server, local, remote, relay, tmp_path, monkeypatch):
+    """A cache cancelled while it downloads a slice (a loader closed during its download ahead: a
+    run stopped by --max-steps, an error, Ctrl-C) stops its transfers within a chunk's time rather
+    than finishing the slice; the partial files go, and the cache works again after close."""
+    from pipeline.cache import Cancelled, ShardCache, epoch_slice
+    from shards import Manifest
+
+    shards = Manifest.load(local).split("train").shards
+    through(server, relay(1e6), monkeypatch)  # the 5.5 MB slice would take 5.5 s
+    c = ShardCache(remote, str(tmp_path))
+    raised = []
+
+    def fetch():
+        try:
+            c.fetch(epoch_slice(shards, 0, sum(s.samples for s in shards)), key=1)
+        except Exception as e:
+            raised.append(e)
+
+    worker = threading.Thread(target=fetch)
+    worker.start()
+    time.sleep(1.0)
+    t = time.perf_counter()
+    c.cancel()
+    worker.join(10)
+    took = time.perf_counter() - t
+    assert not worker.is_alive() and took < 1.5, took  # 4.5 s of the slice were left
+    assert len(raised) == 1 and isinstance(raised[0], Cancelled)
+    assert not [n for n in os.listdir(c.root) if ".part-" in n]
+    c.close()
+    tars, _ = c.fetch(epoch_slice(shards, 0, 24), key=2)  # used again after close: downloads again
+    assert all(os.path.exists(t) for t in tars)
+    c.close()
