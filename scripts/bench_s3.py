@@ -20,8 +20,10 @@ all the relay's connections (tests/s3kit.py, `Relay`), as one link to the store 
     python scripts/bench_s3.py --samples 3072 --latency-ms 20 --bandwidth-mbs 200 --epochs 3   # issue 23's check
 
 With --epochs (default 3), each source is also timed over whole training epochs from the loader's
-build (s3:// through a fresh local shard cache, pipeline.cache: its first download included);
-"vs disk" is that rate over the disk's. "1st batch s" is the time from the loader's build to its
+build (s3:// through a fresh local shard cache, pipeline.cache: its first download included), in
+--repeats rounds that time every source once each (a process each), so that the machine's drift
+falls on all alike; "vs disk" is the median over the rounds of that round's rate over the disk's
+(each round's in the JSON). "1st batch s" is the time from the loader's build to its
 first batch (median of the repeats); through a capped relay, "expect s" beside it is the first
 slice's bytes (every tar and index of epoch 0's slice, all missing from the fresh cache) over the
 bandwidth, and "diff s" the difference. The read/loader rows of s3:// also go through the cache.
@@ -162,20 +164,24 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="whole epochs timed per source (0: none), first batch included")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure one source, print JSON
     p.add_argument("--log", help=argparse.SUPPRESS)  # internal: the server's log, to count GETs
+    p.add_argument("--epoch-round", action="store_true", help=argparse.SUPPRESS)  # internal: one epochs timing
     a = p.parse_args(argv)
+    if a.measure and a.epoch_round:  # one timing of whole epochs, in a round over every source
+        from pipeline.graph import require_dali
+
+        require_dali()  # DALI's import (about a second) is no part of either source's time
+        rate, first, slice_bytes = measure_epochs(a.measure, a.batch_size, a.threads, a.epochs, a.shuffle_buffer,
+                                                  a.prefetch)
+        print(json.dumps({"epochs": rate, "first_batch_s": first, "slice_bytes": slice_bytes}))
+        return
     if a.measure:
         args = (a.measure, a.batch_size, a.threads, a.warmup, a.batches, a.shuffle_buffer, a.prefetch)
         reads = [measure_reader(*args, log=a.log) for _ in range(a.repeats)]
         loads = [measure_loader(*args) for _ in range(a.repeats)]
         gets = [g for _, g in reads if g is not None]
         args = (a.measure, a.batch_size, a.threads, a.epochs, a.shuffle_buffer, a.prefetch)
-        runs = [measure_epochs(*args) for _ in range(a.repeats)] if a.epochs else [(0.0, 0.0, 0)]
         print(json.dumps({"read": statistics.median(r for r, _ in reads), "loader": statistics.median(loads),
                           "gets_per_sample": statistics.median(gets) if gets else None,
-                          "epochs": statistics.median(r for r, _, _ in runs),
-                          "first_batch_s": statistics.median(f for _, f, _ in runs),
-                          "first_batch_s_all": [f for _, f, _ in runs],
-                          "slice_bytes": runs[0][2],
                           "digests": batch_digests(*args) if a.epochs else []}))
         return
 
@@ -233,21 +239,35 @@ def main(argv=None):
             if bandwidth:
                 capped.add(name)
         rows, digests = {}, {}
-        for name, (where, endpoint) in sources.items():
-            env = dict(os.environ)  # the read/loader rows' default shard cache: a fresh one per source, not ~/.cache
+        def measure(name, *extra):
+            """One child process measuring source `name` (DALI's S3 client reads AWS_ENDPOINT_URL
+            once per process), with a fresh default shard cache of its own (not ~/.cache)."""
+            where, endpoint = sources[name]
+            env = dict(os.environ)
             env["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix=f"cache-{name.replace('/', '_')}-", dir=tmp.name if tmp else None)
             if endpoint:
                 env["AWS_ENDPOINT_URL"] = endpoint
-            # a process per source: DALI's S3 client reads AWS_ENDPOINT_URL once per process
             command = [sys.executable, os.path.abspath(__file__), "--measure", where, "--batch-size", str(a.batch_size),
                        "--warmup", str(a.warmup), "--batches", str(batches), "--threads", str(threads),
-                       "--repeats", str(a.repeats), "--epochs", str(a.epochs), "--shuffle-buffer", str(a.shuffle_buffer), "--prefetch", str(a.prefetch)]
-            if log and name != "disk":
-                command += ["--log", log]
+                       "--repeats", str(a.repeats), "--epochs", str(a.epochs), "--shuffle-buffer", str(a.shuffle_buffer),
+                       "--prefetch", str(a.prefetch), *extra]
             child = subprocess.run(command, env=env, capture_output=True, text=True)
             if child.returncode:
                 sys.exit(f"bench_s3: measuring {name} failed:\n{child.stderr[-2000:]}")
-            m = json.loads(child.stdout.strip().splitlines()[-1])
+            return json.loads(child.stdout.strip().splitlines()[-1])
+
+        # whole epochs: rounds over the sources, each source once per round, so that the machine's
+        # drift falls on every source alike; "vs disk" is the median of each round's ratio
+        rounds = [{name: measure(name, "--epoch-round") for name in sources} for _ in range(a.repeats)] \
+            if a.epochs else []
+        for name in sources:
+            m = measure(name, *(["--log", log] if log and name != "disk" else []))
+            runs = [r[name] for r in rounds] or [{"epochs": 0.0, "first_batch_s": 0.0, "slice_bytes": 0}]
+            m.update(epochs=statistics.median(r["epochs"] for r in runs),
+                     first_batch_s=statistics.median(r["first_batch_s"] for r in runs),
+                     first_batch_s_all=[r["first_batch_s"] for r in runs], slice_bytes=runs[0]["slice_bytes"],
+                     vs_disk=statistics.median(r[name]["epochs"] / r["disk"]["epochs"] for r in rounds) if rounds else None,
+                     vs_disk_all=[r[name]["epochs"] / r["disk"]["epochs"] for r in rounds])
             read, load, per_sample = m["read"], m["loader"], m["gets_per_sample"]
             rows[name] = {"read_img_s": round(read, 1), "read_MB_s": round(read * tar_bytes / 1e6, 2),
                           "loader_img_s": round(load, 1), "loader_MB_s": round(load * tar_bytes / 1e6, 2),
@@ -260,7 +280,8 @@ def main(argv=None):
                 expect = m["slice_bytes"] / bandwidth
                 rows[name].update(expect_first_batch_s=round(expect, 2),
                                   first_batch_diff_s=round(m["first_batch_s"] - expect, 2))
-            rows[name]["vs_disk"] = round(m["epochs"] / rows["disk"]["epochs_img_s"], 3) if m["epochs"] else None
+            rows[name]["vs_disk"] = round(m["vs_disk"], 3) if m["vs_disk"] is not None else None
+            rows[name]["vs_disk_runs"] = [round(v, 3) for v in m["vs_disk_all"]]
             digests[name] = m["digests"]
             rows[name]["same_batches"] = (len(m["digests"]) > 0 and m["digests"] == digests["disk"]) if a.epochs else None
             say(f"{name}: {rows[name]}")
