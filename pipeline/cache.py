@@ -90,6 +90,14 @@ def epoch_slice(shards_in_order: Sequence, start: int, stop: int) -> EpochSlice:
     return EpochSlice(picked, skip, keep)
 
 
+def open_cache(spec) -> Optional["ShardCache"]:
+    """The shard cache of a loader's spec (pipeline.plan.LoaderSpec): None unless its shards are
+    on s3://; UserError (exit 2) when the cache folder cannot be written, before any request."""
+    from shards.store import is_s3_url
+
+    return ShardCache(spec.out, spec.cache_dir, spec.cache_limit) if is_s3_url(spec.out) else None
+
+
 class Cancelled(Exception):
     """A fetch stopped by `ShardCache.cancel` (a loader being closed)."""
 
@@ -564,12 +572,17 @@ class ShardCache:
         sizes = sorted((self.size(s) for s in shards), reverse=True)
         return sum(sizes[:min(overlap, len(shards))]) + 2 * max(self._sizes_of(s)[1] for s in shards)
 
-    def check_limit(self, shards: Sequence, slice_samples: int, readers: int, where: str) -> None:
-        """UserError (exit 2, one line) when the limit cannot hold what the readers on this
-        directory hold at once: each one epoch's slice and the next one's (`slice_bytes`)."""
+    def check_limit(self, spec, shards: Sequence) -> None:
+        """UserError (exit 2, one line) when the limit cannot hold what the readers of `spec`'s
+        split (`shards`) on this directory hold at once: each one epoch's slice and the next one's
+        (`slice_bytes`), for each rank of this node (torchrun's LOCAL_WORLD_SIZE: the ranks of a node
+        share the default cache folder)."""
         if self.limit is None:
             return
+        readers = max(1, min(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), spec.world_size))
+        slice_samples = -(-sum(s.samples for s in shards) // spec.world_size)
         need = readers * 2 * self.slice_bytes(shards, slice_samples)
+        where = spec.out
         if need > self.limit:
             who = f"the {readers} ranks of this node hold" if readers > 1 else "the reader holds"
             raise UserError(f"--cache-limit {self.limit} bytes is below what {who} of {where} at once "

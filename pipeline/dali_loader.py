@@ -14,7 +14,6 @@ iterator trims the padding (LastBatchPolicy.PARTIAL); training drops the rest of
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -163,23 +162,11 @@ class DaliLoader(EpochLoader):
 
         if self._builder is None:
             self._builder = ThreadPoolExecutor(1, thread_name_prefix="dali-next-epoch")
-        piece = self.epoch_slice(epoch)
-        self._builder.submit(self.cache.fetch, piece, epoch)
+        self._builder.submit(self.cache.fetch, self.epoch_slice(epoch), epoch)
 
-    def epoch_slice(self, epoch):
-        """The shards this rank's reader is given in `epoch` (pipeline.cache.EpochSlice)."""
-        from pipeline.cache import epoch_slice
-
-        s, plan = self.spec, self.plan(epoch)
-        shards = s.in_epoch_order(self.manifest.split(s.split).shards, epoch)
-        return epoch_slice(shards, plan.start, plan.stop)
-
-    def _cached_files(self, epoch):
-        """(tars, indexes) of this rank's slice of `epoch`, local and verified (pipeline.cache)."""
-        from pipeline.cache import HORIZON
-
-        self.cache.plan_reads({e: self.epoch_slice(e).shards for e in range(epoch + 1, epoch + 1 + HORIZON)})
-        return self.cache.fetch(self.epoch_slice(epoch), epoch)
+    @property
+    def split_shards(self):
+        return self.manifest.split(self.spec.split).shards
 
     def graph(self, epoch, stop="views"):
         """The DALI graph of `epoch` (pipeline.graph), cut after `stop` (pipeline.stages)."""
@@ -188,7 +175,7 @@ class DaliLoader(EpochLoader):
         s, plan = self.spec, self.plan(epoch)
         seed = int(np.random.SeedSequence([s.seed, s.rank, epoch, 1]).generate_state(1)[0] & 0x7FFFFFFF)
         if self.cache is not None:  # s3://: the slice's local copies alone, as one slice of one
-            tars, indexes = self._cached_files(epoch)
+            tars, indexes = self.fetch_slice(epoch)
             shard_id, num_shards = 0, 1
         else:
             pairs = s.in_epoch_order(self.manifest.shard_paths(s.out, s.split), epoch)
@@ -290,14 +277,10 @@ def build_loader(OUT, split, batch_size, device="cpu", **options) -> DaliLoader:
             CPU cores, GPU loaders), hw_decoder_load, cache_dir and cache_limit (s3:// shards:
             the local shard cache, pipeline.cache; bytes or a size such as "40G").
     """
-    from shards.store import is_s3_url
+    from pipeline.cache import open_cache
 
     spec = loader_spec(OUT, split, batch_size, device=device, **options)
-    cache = None
-    if is_s3_url(spec.out):  # an unwritable cache folder: exit 2 before any work
-        from pipeline.cache import ShardCache
-
-        cache = ShardCache(spec.out, spec.cache_dir, spec.cache_limit)
+    cache = open_cache(spec)  # s3:// only; an unwritable cache folder: exit 2 before any request
     manifest = open_split(spec)
     norm = load_normalisation(OUT, manifest, spec.mean)
     from pipeline.graph import require_dali
@@ -305,8 +288,5 @@ def build_loader(OUT, split, batch_size, device="cpu", **options) -> DaliLoader:
     require_dali()
     loader = DaliLoader(spec, manifest, norm, cache=cache)
     if cache is not None:  # a limit below one slice and the next: one line, before any download
-        # the ranks of one node (torchrun's LOCAL_WORLD_SIZE) share the default cache folder
-        readers = max(1, min(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), spec.world_size))
-        cache.check_limit(manifest.split(spec.split).shards, -(-loader.samples // spec.world_size), readers,
-                          spec.out)
+        cache.check_limit(spec, loader.split_shards)
     return loader

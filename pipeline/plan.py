@@ -252,3 +252,20 @@ class EpochLoader:
     def set_epoch(self, epoch: int) -> None:
         """The next iteration is epoch `epoch` (iterating advances it by one)."""
         self.epoch = int(epoch)
+
+    # s3:// shards (a subclass with `split_shards`, the split's ShardInfo, and `cache`, a
+    # pipeline.cache.ShardCache)
+    def epoch_slice(self, epoch):
+        """The shards this rank reads in `epoch` (pipeline.cache.EpochSlice)."""
+        from pipeline.cache import epoch_slice
+
+        plan = self.plan(epoch)
+        return epoch_slice(self.spec.in_epoch_order(self.split_shards, epoch), plan.start, plan.stop)
+
+    def fetch_slice(self, epoch):
+        """(tars, indexes) of this rank's slice of `epoch`, local and verified, held under `epoch`
+        until `cache.release(epoch)`; the slices of the epochs after it set the eviction order."""
+        from pipeline.cache import HORIZON
+
+        self.cache.plan_reads({e: self.epoch_slice(e).shards for e in range(epoch + 1, epoch + 1 + HORIZON)})
+        return self.cache.fetch(self.epoch_slice(epoch), epoch)

@@ -38,7 +38,6 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pipeline.draws import CROP, TEN_CROP_VIEWS, Draws, epoch_draws
 from pipeline.normalise import Normalisation, load_normalisation
 from pipeline.plan import EpochLoader, LoaderSpec, loader_spec, open_split
-from shards.store import is_s3_url
 
 
 def transform(image: np.ndarray, x0: int, y0: int, mirror: int, alpha: np.ndarray, norm: Normalisation,
@@ -173,12 +172,9 @@ class ReferenceLoader(EpochLoader):
         o = self.spec
         return epoch_draws(o.seed, o.rank, epoch, max(1, self.plan(epoch).samples), o.augment, o.lighting)
 
-    def epoch_slice(self, epoch: int):
-        """The shards this rank reads in `epoch` (pipeline.cache.EpochSlice), as the DALI loader's."""
-        from pipeline.cache import epoch_slice
-
-        plan = self.plan(epoch)
-        return epoch_slice(self.spec.in_epoch_order(self.shards, epoch), plan.start, plan.stop)
+    @property
+    def split_shards(self):
+        return self.shards
 
     def __iter__(self):
         epoch = self.epoch
@@ -189,11 +185,8 @@ class ReferenceLoader(EpochLoader):
                 shards = self.spec.in_epoch_order(list(zip(self.tars, self.counts)), epoch)
                 tars, counts, first = [t for t, _ in shards], [c for _, c in shards], 0
             else:  # s3://: the slice's tars, downloaded and verified, held under `epoch` until the end
-                from pipeline.cache import HORIZON
-
                 piece = self.epoch_slice(epoch)
-                self.cache.plan_reads({e: self.epoch_slice(e).shards for e in range(epoch + 1, epoch + 1 + HORIZON)})
-                tars, _ = self.cache.fetch(piece, epoch)
+                tars, _ = self.fetch_slice(epoch)
                 counts, first = [s.samples for s in piece.shards], self.plan(epoch).start - piece.skip
             dataset = _Epoch(tars, counts, self.spec, self.norm, epoch, self.epoch_draws(epoch), self.shuffle_buffer,
                              self.samples, first)
@@ -221,11 +214,9 @@ def build_reference_loader(OUT, split, batch_size, rank=0, world_size=1, seed=0,
     """
     spec = loader_spec(OUT, split, batch_size, rank, world_size, seed, augment, lighting, mean, ten_crop,
                        shuffle, drop_last, cache_dir=cache_dir, cache_limit=cache_limit)
-    cache = None
-    if is_s3_url(spec.out):  # an unwritable cache folder: exit 2 before any work
-        from pipeline.cache import ShardCache
+    from pipeline.cache import open_cache
 
-        cache = ShardCache(spec.out, spec.cache_dir, spec.cache_limit)
+    cache = open_cache(spec)  # s3:// only; an unwritable cache folder: exit 2 before any request
     manifest = open_split(spec)
     norm = load_normalisation(OUT, manifest, mean)
     tars = [t for t, _ in manifest.shard_paths(OUT, split)]
