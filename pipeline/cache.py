@@ -27,8 +27,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -149,10 +148,7 @@ class ShardCache:
 
     def size(self, shard) -> int:
         """Bytes of a shard's tar and index on the server (one listing, then remembered)."""
-        if self._sizes is None:
-            self._sizes = self.store.listing()
-            self._etags = getattr(self.store, "etags", {})
-        return self._sizes.get(shard.tar, 0) + self._sizes.get(shard.index, 0)
+        return sum(self._sizes_of(shard))
 
     def _check_writable(self):
         """UserError (exit 2) when the cache folder cannot be made or written, before any work."""
@@ -250,19 +246,18 @@ class ShardCache:
         later `fetch` registers again)."""
         if self._alive is None or self._alive.closed:
             return
+        self.cancel()
         with self._dir_lock():
             with self._mutex:
                 self._held.clear()
-            for suffix in (".list", ".alive"):
-                try:
-                    os.remove(os.path.join(self.root, ".holds", self.token + suffix))
-                except FileNotFoundError:
-                    pass
+            self._forget(self.token)
         self._alive.close()
-        with self._mutex:
-            transfers, self._transfers = self._transfers, None
-        if transfers is not None:
-            transfers.shutdown()
+
+    def _forget(self, token: str) -> None:
+        """Remove a process's hold list and liveness file (under the directory lock)."""
+        for suffix in (".list", ".alive"):
+            with suppress(FileNotFoundError):
+                os.remove(os.path.join(self.root, ".holds", token + suffix))
 
     # --- space ---------------------------------------------------------------------------------
     def used(self) -> int:
@@ -282,8 +277,10 @@ class ShardCache:
         return present
 
     def _sizes_of(self, shard) -> tuple:
+        """(tar bytes, index bytes) on the server: one listing (sizes and ETags), then remembered."""
         if self._sizes is None:
-            self.size(shard)
+            self._sizes = self.store.listing()
+            self._etags = getattr(self.store, "etags", {})
         return self._sizes.get(shard.tar, 0), self._sizes.get(shard.index, 0)
 
     def _files(self, shards) -> Dict[str, int]:
@@ -323,11 +320,9 @@ class ShardCache:
             for path in victims:
                 if total <= self.limit:
                     break
-                try:
+                with suppress(FileNotFoundError):
                     os.remove(path)
                     total -= present[path]
-                except FileNotFoundError:
-                    pass
             if total > self.limit and total - self.limit > self.over:
                 if not self.over:
                     print(f"warning: {self.root}: the processes sharing this shard cache hold "
@@ -336,12 +331,9 @@ class ShardCache:
                 self.over = total - self.limit
 
     # --- what every process holds -----------------------------------------------------------------
-    @contextmanager
     def _dir_lock(self):
         """The directory's lock: held while holds are published or read and while files are evicted."""
-        with open(os.path.join(self.root, ".locks", ".holds"), "wb") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield  # closing the file drops the lock
+        return self._lock(".holds")
 
     def _publish(self) -> Dict[str, int]:
         """Write what this process holds to its list (under the directory lock); return it."""
@@ -353,13 +345,8 @@ class ShardCache:
                 held.update(files)
         lines = "".join(f"{os.path.basename(p)} {n}\n" for p, n in held.items())
         path = os.path.join(self.root, ".holds", f"{self.token}.list")
-        try:
+        with self._writing(path):
             atomic_write(path, lambda f: f.write(lines.encode()), fsync=False)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise Damage(f"{path}: the disk of the shard cache is full; free space or pass a smaller "
-                             f"--cache-limit") from None
-            raise
         return held
 
     def _held_elsewhere(self) -> Dict[str, int]:
@@ -387,33 +374,23 @@ class ShardCache:
                 pass
         live_pids = {t.split("-")[0] for t in os.listdir(folder) if t.endswith(".alive") and t[:-6] not in dead}
         for token in dead:
-            for suffix in (".list", ".alive"):
-                try:
-                    os.remove(os.path.join(folder, token + suffix))
-                except FileNotFoundError:
-                    pass
-            pid = token.split("-")[0]
-            if pid not in live_pids:
-                for path in self._present():  # its downloads: .part-PID and s3transfer's .part-PID.XXXXXXXX
-                    found = WRITING.search(os.path.basename(path))
-                    if found and found.group(1) == pid:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.remove(path)
+            self._forget(token)
+        gone = {t.split("-")[0] for t in dead} - live_pids  # no other cache of that pid alive: its downloads go
+        if gone:
+            for path in self._present():  # .part-PID and s3transfer's .part-PID.XXXXXXXX
+                found = WRITING.search(os.path.basename(path))
+                if found and found.group(1) in gone:
+                    with suppress(FileNotFoundError):
+                        os.remove(path)
         return held
 
     # --- one shard -------------------------------------------------------------------------------
     @contextmanager
-    def _lock(self, name: str, block: bool = True):
-        fd = os.open(os.path.join(self.root, ".locks", name), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)  # closing drops the lock
+    def _lock(self, name: str):
+        """`.locks/NAME`, held while the block runs: a shard's (its tar's name), or the directory's (`.holds`)."""
+        with open(os.path.join(self.root, ".locks", name), "wb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield  # closing the file drops the lock
 
     def _ensure(self, shard) -> None:
         """The shard's tar and index under their final names, verified (downloaded if missing)."""
@@ -485,13 +462,6 @@ class ShardCache:
 
     def _failure(self, url: str, dest: str, future) -> Optional[Exception]:
         """None once the transfer `future` has succeeded, else the one-line error to raise."""
-        try:
-            return self._outcome(url, dest, future)
-        finally:
-            with self._mutex:
-                self._running.discard(future)
-
-    def _outcome(self, url: str, dest: str, future) -> Optional[Exception]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -516,11 +486,24 @@ class ShardCache:
                 return Damage(f"{url}: missing from the shard directory; run `alexnet verify {self.url}`")
             text = " ".join(str(error).split())[:200]
             return Damage(f"{url}: the download was cut short, also on retries ({text}); run the command again")
+        finally:
+            with self._mutex:
+                self._running.discard(future)
 
     @staticmethod
-    def _full(dest: str, url: str) -> Damage:
-        return Damage(f"{dest}: the disk of the shard cache is full while downloading {url}; "
-                      f"free space or pass a smaller --cache-limit")
+    def _full(dest: str, url: Optional[str] = None) -> Damage:
+        while_ = f" while downloading {url}" if url else ""
+        return Damage(f"{dest}: the disk of the shard cache is full{while_}; free space or pass a smaller --cache-limit")
+
+    @contextmanager
+    def _writing(self, path: str, url: Optional[str] = None):
+        """A file of the cache written in the block: a full disk is one line (Damage, exit 1)."""
+        try:
+            yield
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise self._full(path, url) from None
+            raise
 
     def _verify(self, shard, tar: str, idx: str) -> None:
         """Damage naming the object unless the tar has the manifest's sha256 and the index fits it."""
@@ -552,12 +535,8 @@ class ShardCache:
                 samples = parse_index(f.read(), full)[a:b]
             lines = [f"{INDEX_VERSION} {len(samples)}"]
             lines += [" ".join(f"{e} {o} {n} {m}" for e, o, n, m in sample) for sample in samples]
-            try:
+            with self._writing(path, self.store.url(shard.index)):
                 atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise self._full(path, self.store.url(shard.index)) from None
-                raise
         return path
 
     def slice_bytes(self, shards: Sequence, slice_samples: int) -> int:
