@@ -594,27 +594,20 @@ def test_the_trainer_downloads_the_first_slice_while_it_builds_the_model(remote,
     """The first batch of a training run waits for no download its model's build could hide:
     the slice is fetched in the background from the moment the loaders exist."""
     import train.trainer
+    from pipeline.dali_loader import DaliLoader
     from train.config import TrainConfig
     from trainkit import SMALL
 
-    fetching = []
-    real = train.trainer.build_model
-
-    def build_model(*a, **kw):  # the model is built while the slice downloads
-        fetching.append(train_loader()._builder is not None)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(train.trainer, "build_model", build_model)
+    order = []
+    download_ahead, build_model = DaliLoader.download_ahead, train.trainer.build_model
+    monkeypatch.setattr(DaliLoader, "download_ahead",
+                        lambda self, *a: order.append(("download", *a)) or download_ahead(self, *a))
+    monkeypatch.setattr(train.trainer, "build_model", lambda *a, **kw: order.append(("model",)) or build_model(*a, **kw))
     cfg = TrainConfig(shards=remote, out=str(tmp_path / "run"), **{**SMALL, "epochs": 1, "num_threads": 1},
                       cache_dir=str(tmp_path / "cache"))
-    t = train.trainer.Trainer.__new__(train.trainer.Trainer)
-
-    def train_loader():
-        return t.train_loader
-
-    t.__init__(cfg, progress=False)
+    t = train.trainer.Trainer(cfg, progress=False)
     try:
-        assert fetching == [True]
+        assert order == [("download", 0), ("model",)]  # the model is built while the slice downloads
         t.train_loader._builder.shutdown(wait=True)  # the download ahead done: nothing left to wait for
         t.train_loader._builder = None
         assert t.train_loader.cache.missing_bytes(t.train_loader.epoch_slice(0)) == 0
