@@ -278,8 +278,8 @@ class ShardCache:
 
     def _sizes_of(self, shard) -> tuple:
         """(tar bytes, index bytes) on the server: one listing (sizes and ETags), then remembered."""
-        if self._sizes is None:
-            self._sizes = self.store.listing()
+        if self._sizes is None:  # the listing the loader's split check made through this store, else a new one
+            self._sizes = getattr(self.store, "sizes", None) or self.store.listing()
             self._etags = getattr(self.store, "etags", {})
         return self._sizes.get(shard.tar, 0), self._sizes.get(shard.index, 0)
 
@@ -453,8 +453,10 @@ class ShardCache:
             if self._transfers is None:
                 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
+                # io_chunksize: what a stream reads between checks for a cancel (boto3's default, 256 KiB,
+                # held a cancelled download for seconds on a slow link)
                 config = TransferConfig(max_concurrency=2 * self.connections, multipart_threshold=64 << 20,
-                                        num_download_attempts=5)
+                                        num_download_attempts=5, io_chunksize=64 << 10)
                 self._transfers = create_transfer_manager(self.store.client, config)
             future = self._transfers.download(self.store.bucket, self.store.key(name), dest, subscribers=[Known()])
             self._running.add(future)

@@ -281,7 +281,7 @@ def build_loader(OUT, split, batch_size, device="cpu", **options) -> DaliLoader:
 
     spec = loader_spec(OUT, split, batch_size, device=device, **options)
     cache = open_cache(spec)  # s3:// only; an unwritable cache folder: exit 2 before any request
-    manifest = open_split(spec)
+    manifest = open_split(spec, cache.store if cache else None)
     norm = load_normalisation(OUT, manifest, spec.mean)
     from pipeline.graph import require_dali
 

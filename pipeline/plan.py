@@ -204,20 +204,22 @@ def _check(batch_size, rank, world_size, seed, mean) -> None:
         raise ValueError(f"seed={seed!r}: expected a non-negative integer")
 
 
-def open_split(spec: LoaderSpec) -> Manifest:
+def open_split(spec: LoaderSpec, store=None) -> Manifest:
     """The manifest, checked to hold the split, its files and at least one batch per rank (else
-    one-line errors: ValueError for a request that does not fit, shards.Damage for files)."""
+    one-line errors: ValueError for a request that does not fit, shards.Damage for files).
+    `store`: the shards.store of `spec.out` to list the files with (the shard cache's, whose
+    listing the cache then reuses), else a new one."""
     manifest = Manifest.load(spec.out)
     split = manifest.split(spec.split)
     n = split.samples
     if spec.plan(n, 0).batches == 0:
         raise ValueError(f"split {spec.split!r} has {n} samples: too few for one batch of {spec.batch_size} "
                          f"on each of {spec.world_size} rank(s)")
-    check_split_files(spec.out, split)
+    check_split_files(spec.out, split, store)
     return manifest
 
 
-def check_split_files(directory, split) -> None:
+def check_split_files(directory, split, store=None) -> None:
     """shards.Damage (exit 1, one line naming the file) when a shard of `split` is missing its tar
     or index, or its index does not fit its tar (a truncated or replaced file). Sizes only, no
     hashes: a cheap check before a reader is handed the paths; `alexnet verify` checks all. On S3
@@ -227,7 +229,7 @@ def check_split_files(directory, split) -> None:
     from shards.verify import split_files_problems
 
     hint = f"run `alexnet verify {directory}`, then preprocess again to repair it"
-    for problem in split_files_problems(directory, split.shards)[:1]:
+    for problem in split_files_problems(directory, split.shards, store)[:1]:
         what = "missing from the shard directory" if problem.message == "missing" else problem.message
         raise Damage(f"{open_store(directory).url(problem.file)}: {what}; {hint}")
 

@@ -217,7 +217,7 @@ def build_reference_loader(OUT, split, batch_size, rank=0, world_size=1, seed=0,
     from pipeline.cache import open_cache
 
     cache = open_cache(spec)  # s3:// only; an unwritable cache folder: exit 2 before any request
-    manifest = open_split(spec)
+    manifest = open_split(spec, cache.store if cache else None)
     norm = load_normalisation(OUT, manifest, mean)
     tars = [t for t, _ in manifest.shard_paths(OUT, split)]
     shards = manifest.split(split).shards

@@ -371,7 +371,7 @@ class S3Store:
                             etags[name] = obj["ETag"]
         except Exception as e:
             raise _raised(e, self.location, client) from None
-        self.etags = etags  # {name: ETag} of the same listing (the shard cache's downloads need no HEAD)
+        self.sizes, self.etags = sizes, etags  # the last listing: the shard cache reuses it, ETags included
         return sizes
 
     def put(self, name: str, source, sha256: Optional[str] = None) -> None:

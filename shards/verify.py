@@ -266,11 +266,11 @@ def shard_files_problem(shard: ShardInfo, tar: str, idx: str) -> Optional[Proble
     return _fit_problem(shard, tar_store.size(tar_name), next(idx_store.read_many([idx_name])), idx)
 
 
-def split_files_problems(directory, shards) -> List[Problem]:
+def split_files_problems(directory, shards, store=None) -> List[Problem]:
     """`shard_files_problem` of each of `shards` in `directory` (a folder or `s3://` URL), at
     most one per shard: one listing for the sizes and the indexes read concurrently, so that a
     split of ImageNet's 1,282 shards on S3 costs a few requests' time, not thousands in a row."""
-    store = open_store(directory)
+    store = store or open_store(directory)
     sizes = store.listing()
     present = [s for s in shards if s.tar in sizes and s.index in sizes]
     indexes = dict(zip((s.index for s in present), store.read_many(s.index for s in present)))

@@ -637,7 +637,8 @@ def test_a_file_gone_while_the_folder_is_read_is_skipped(remote, tmp_path, monke
 
 
 def test_one_request_per_file(server, remote, tmp_path):
-    """Sizes and ETags from the listing: each tar and index is one GET, no HEAD before it."""
+    """Sizes and ETags from the listing the split check made: one listing, and each tar and index
+    is one GET, no HEAD before it."""
     from pipeline import build_loader
 
     url = copy_prefix(server, "c/v1", "one-request")
@@ -646,7 +647,9 @@ def test_one_request_per_file(server, remote, tmp_path):
     loader.close()
     time.sleep(0.2)  # the server's last log lines
     with open(server.log_path) as f:
-        lines = [line for line in f if "/shards/one-request/val-" in line]
+        log = f.readlines()
+    lines = [line for line in log if "/shards/one-request/val-" in line]
+    assert sum("list-type=2" in line and "one-request" in line for line in log) == 1  # the split check's, reused
     tars = {s.tar for s in loader.manifest.split("val").shards}
     gets = [line for line in lines if '"GET /shards/one-request/val-' in line and ".tar" in line.split('"')[1]]
     assert not [line for line in lines if '"HEAD ' in line]
