@@ -9,8 +9,7 @@ are refused as a real store refuses them.
 
 `s3.env` is all either SDK needs: the endpoint, the keys, the region, and
 AWS_EC2_METADATA_DISABLED (no probe of an instance metadata service that is not there). With
-`S3Server(relay=True)` the endpoint is a `Relay` in front of the server, which a test can cut;
-`relay_delay` and `relay_bandwidth` make that relay a store farther away behind a slower link.
+`S3Server(relay=True)` the endpoint is a `Relay` in front of the server, which a test can cut.
 """
 from __future__ import annotations
 
@@ -162,17 +161,15 @@ class S3Server:
     """moto_server on 127.0.0.1:<free port>, authenticating every request after the first three
     (the three that make the IAM user whose keys `env` holds); `auth=False`: none (any keys do,
     each request costs the server less). `relay=True`: `env` points at a `Relay` in front of the
-    server (`relay_delay` seconds per request, `relay_bandwidth` bytes/s back to the clients)."""
+    server."""
 
-    def __init__(self, log_path=os.devnull, relay: bool = False, auth: bool = True, relay_delay: float = 0.0,
-                 relay_bandwidth: float | None = None):
+    def __init__(self, log_path=os.devnull, relay: bool = False, auth: bool = True):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"  # the server itself
         self.log_path = log_path
         self.proc = None
         self.relay = None
         self.want_relay, self.auth = relay, auth
-        self.relay_delay, self.relay_bandwidth = relay_delay, relay_bandwidth
         self.env = {}
 
     def __enter__(self) -> "S3Server":
@@ -186,7 +183,7 @@ class S3Server:
                 "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
             if self.want_relay:  # clients talk to the relay, which can be cut (Relay.cut)
-                self.relay = Relay(self.port, self.relay_delay, self.relay_bandwidth)
+                self.relay = Relay(self.port)
                 self.env["AWS_ENDPOINT_URL"] = self.relay.endpoint
         except BaseException:
             self.stop()
